@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs everything quantops needs on a Debian 12 machine, as root. Idempotent: each step checks
+# first and skips what is already there, so a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PG_MAJOR=${PG_MAJOR:-15}
+PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+PGRX_VERSION=0.18.0
+SUPABASE_CLI_VERSION=2.117.0
+STATE=$ROOT/.cache
+mkdir -p "$STATE"
+export PATH=$HOME/.cargo/bin:$PATH
+
+log() { printf '[bootstrap] %s\n' "$*"; }
+
+# 1. Debian packages ---------------------------------------------------------------------------
+pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-$PG_MAJOR-cron
+      postgresql-$PG_MAJOR-pgtap postgresql-$PG_MAJOR-plpgsql-check clang libclang-dev pkg-config
+      sudo make gcc libssl-dev python3-psycopg python3-numpy dpkg-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Debian's postgresql-common would create and start a default cluster on 5432; we never use it.
+  mkdir -p /etc/postgresql-common
+  [ -f /etc/postgresql-common/createcluster.conf ] || echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# 2. pgvector, built from Debian 13's source package (Debian 12 does not package it) ---------------
+PKGLIB=$($PG_CONFIG --pkglibdir)
+SHAREDIR=$($PG_CONFIG --sharedir)
+if [ ! -f "$PKGLIB/vector.so" ] || [ ! -f "$SHAREDIR/extension/vector.control" ]; then
+  log "building pgvector from Debian's source package"
+  SRC=$STATE/pgvector-src
+  mkdir -p "$SRC/sources" "$SRC/lists/partial"
+  echo 'deb-src http://deb.debian.org/debian trixie main' > "$SRC/sources/trixie-src.list"
+  APTOPTS=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$SRC/sources" -o Dir::State::Lists="$SRC/lists")
+  apt-get "${APTOPTS[@]}" update -qq
+  (cd "$SRC" && rm -rf pgvector-*/ && apt-get "${APTOPTS[@]}" source --download-only pgvector >/dev/null)
+  (cd "$SRC" && tar xf pgvector_*.orig.tar.* && d=$(ls -d pgvector-*/ | head -1) && \
+     make -s -C "$d" PG_CONFIG=$PG_CONFIG >/dev/null && make -s -C "$d" install PG_CONFIG=$PG_CONFIG >/dev/null)
+else
+  log "pgvector present"
+fi
+
+# 3. cargo-pgrx and its init ------------------------------------------------------------------
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  log "installing cargo-pgrx $PGRX_VERSION (about 4 minutes)"
+  cargo install cargo-pgrx --version $PGRX_VERSION --locked --quiet
+else
+  log "cargo-pgrx $PGRX_VERSION present"
+fi
+if ! grep -q "pg$PG_MAJOR" "$HOME/.pgrx/config.toml" 2>/dev/null; then
+  log "cargo pgrx init --pg$PG_MAJOR"
+  cargo pgrx init --pg$PG_MAJOR $PG_CONFIG >/dev/null
+else
+  log "pgrx initialised"
+fi
+
+# 4. Supabase CLI (npm, pinned) -----------------------------------------------------------------
+if [ ! -x "$ROOT/tools/node_modules/.bin/supabase" ]; then
+  log "installing supabase@$SUPABASE_CLI_VERSION from npm"
+  (cd "$ROOT/tools" && npm ci --silent --no-audit --no-fund >/dev/null 2>&1 || npm i -E --silent --no-audit --no-fund supabase@$SUPABASE_CLI_VERSION >/dev/null)
+else
+  log "supabase CLI present"
+fi
+log "ready"

@@ -1,0 +1,381 @@
+-- quantops bootstrap: tables, row level security, triggers and SQL helpers.
+-- Runs first in CREATE EXTENSION quantops; the Rust functions follow, then sql/finalize.sql.
+-- The install script runs with search_path = quantops, <schemas of required extensions>, so the
+-- unqualified type `vector` resolves to pgvector's wherever it lives (Supabase: `extensions`).
+-- Everything else is schema-qualified.
+
+-- ---------------------------------------------------------------------------------------------
+-- Identity, the way Supabase's auth.uid()/auth.role() read it (PostgREST sets these per request)
+-- ---------------------------------------------------------------------------------------------
+create function quantops.uid() returns uuid
+language sql stable parallel safe
+set search_path = ''
+as $$
+  select coalesce(
+    nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+  )::uuid
+$$;
+comment on function quantops.uid() is
+  'the caller''s user id from the JWT claims that PostgREST sets (same result as Supabase''s auth.uid())';
+
+-- The role that called us, also from inside SECURITY DEFINER functions: the role set with
+-- SET ROLE / set_config('role', ...) as PostgREST does, else the login role.
+create function quantops._caller_role() returns text
+language sql stable
+set search_path = ''
+as $$
+  select case when pg_catalog.current_setting('role') in ('none', '')
+              then session_user::text
+              else pg_catalog.current_setting('role') end
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Settings: one row. quantops.configure(dims => ...) writes it.
+-- ---------------------------------------------------------------------------------------------
+create table quantops.settings (
+  id             boolean primary key default true check (id),
+  embedding_dims integer check (embedding_dims between 1 and 2000),
+  index_metric   text not null default 'cosine' check (index_metric in ('cosine', 'l2', 'ip')),
+  index_lists    integer check (index_lists between 1 and 32768),
+  configured_at  timestamptz,
+  configured_by  text
+);
+insert into quantops.settings default values;
+
+-- ---------------------------------------------------------------------------------------------
+-- Signals and their embeddings
+-- ---------------------------------------------------------------------------------------------
+create function quantops._finite_array(a double precision[]) returns boolean
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  select a is null or (
+    pg_catalog.array_ndims(a) is not distinct from 1
+    and pg_catalog.array_position(a, null) is null
+    and not ('NaN'::float8 = any (a) or 'Infinity'::float8 = any (a) or '-Infinity'::float8 = any (a))
+  ) or pg_catalog.cardinality(a) = 0
+$$;
+
+create function quantops._finite(x double precision) returns boolean
+language sql immutable parallel safe
+set search_path = ''
+as $$ select x is null or x not in ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8) $$;
+
+create table quantops.signal_embeddings (
+  id               bigint generated always as identity primary key,
+  strategy         text not null,
+  symbol           text not null,
+  as_of            timestamptz not null,
+  features         jsonb not null default '{}'::jsonb,
+  series           double precision[],
+  rationale        text,
+  tags             text[] not null default '{}',
+  owner            uuid default quantops.uid(),
+  embedding        vector,
+  embedder         text,
+  embedder_version text,
+  input_hash       bytea,
+  embedded_at      timestamptz,
+  created_at       timestamptz not null default pg_catalog.now(),
+  updated_at       timestamptz not null default pg_catalog.now(),
+  constraint signal_embeddings_strategy_check check (pg_catalog.length(strategy) between 1 and 128 and strategy !~ '[[:cntrl:]]'),
+  constraint signal_embeddings_symbol_check   check (pg_catalog.length(symbol) between 1 and 64 and symbol !~ '[[:cntrl:]]'),
+  constraint signal_embeddings_features_check check (pg_catalog.jsonb_typeof(features) = 'object'),
+  constraint signal_embeddings_series_check   check (quantops._finite_array(series)),
+  constraint signal_embeddings_embedder_check check (embedding is null or embedder is not null),
+  constraint signal_embeddings_natural_key unique nulls not distinct (owner, strategy, symbol, as_of)
+);
+create index signal_embeddings_strategy_symbol_as_of_idx on quantops.signal_embeddings (strategy, symbol, as_of);
+create index signal_embeddings_owner_idx on quantops.signal_embeddings (owner);
+comment on table quantops.signal_embeddings is
+  'trading signals (strategy, symbol, as_of) with their inputs and their embedding; the dimension is set by quantops.configure(dims => ...)';
+
+create table quantops.signal_embeddings_archive (
+  id               bigint primary key,
+  strategy         text not null,
+  symbol           text not null,
+  as_of            timestamptz not null,
+  features         jsonb not null,
+  series           double precision[],
+  rationale        text,
+  tags             text[] not null default '{}',
+  owner            uuid,
+  embedding        vector,
+  embedder         text,
+  embedder_version text,
+  input_hash       bytea,
+  embedded_at      timestamptz,
+  created_at       timestamptz not null,
+  updated_at       timestamptz not null,
+  archived_at      timestamptz not null default pg_catalog.now(),
+  archive_reason   text not null check (pg_catalog.length(archive_reason) between 1 and 200)
+);
+create index signal_embeddings_archive_strategy_symbol_as_of_idx
+  on quantops.signal_embeddings_archive (strategy, symbol, as_of);
+create index signal_embeddings_archive_owner_idx on quantops.signal_embeddings_archive (owner);
+
+create function quantops._touch_updated_at() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  new.updated_at := pg_catalog.now();
+  return new;
+end
+$$;
+create trigger signal_embeddings_touch before update on quantops.signal_embeddings
+  for each row execute function quantops._touch_updated_at();
+
+-- ---------------------------------------------------------------------------------------------
+-- Backtests
+-- ---------------------------------------------------------------------------------------------
+create table quantops.backtest_results (
+  id             bigint generated always as identity primary key,
+  run_id         text not null,
+  strategy       text not null,
+  model_name     text,
+  model_version  integer,
+  period_start   timestamptz not null,
+  period_end     timestamptz not null,
+  sharpe         double precision,
+  sortino        double precision,
+  max_drawdown   double precision,
+  cagr           double precision,
+  volatility     double precision,
+  hit_rate       double precision,
+  turnover       double precision,
+  trades         integer,
+  metrics        jsonb not null default '{}'::jsonb,
+  artifact_path  text,
+  owner          uuid default quantops.uid(),
+  created_at     timestamptz not null default pg_catalog.now(),
+  constraint backtest_results_run_id_key unique (run_id),
+  constraint backtest_results_run_id_check check (pg_catalog.length(run_id) between 1 and 200),
+  constraint backtest_results_strategy_check check (pg_catalog.length(strategy) between 1 and 128 and strategy !~ '[[:cntrl:]]'),
+  constraint backtest_results_period_check check (period_end > period_start),
+  constraint backtest_results_finite_check check (
+    quantops._finite(sharpe) and quantops._finite(sortino) and quantops._finite(max_drawdown)
+    and quantops._finite(cagr) and quantops._finite(volatility) and quantops._finite(hit_rate)
+    and quantops._finite(turnover)),
+  constraint backtest_results_max_drawdown_check check (max_drawdown between 0 and 1),
+  constraint backtest_results_hit_rate_check check (hit_rate between 0 and 1),
+  constraint backtest_results_volatility_check check (volatility >= 0),
+  constraint backtest_results_turnover_check check (turnover >= 0),
+  constraint backtest_results_trades_check check (trades >= 0),
+  constraint backtest_results_model_check check ((model_name is null) = (model_version is null)),
+  constraint backtest_results_metrics_check check (pg_catalog.jsonb_typeof(metrics) = 'object'),
+  constraint backtest_results_artifact_path_check check (artifact_path is null or (
+    pg_catalog.length(artifact_path) between 1 and 1024 and artifact_path !~ '(^/|\.\.|[[:cntrl:]])'))
+);
+create index backtest_results_strategy_idx on quantops.backtest_results (strategy, period_end);
+create index backtest_results_owner_idx on quantops.backtest_results (owner);
+
+-- ---------------------------------------------------------------------------------------------
+-- The scheduler: jobs, their runs, the workers' heartbeats
+-- ---------------------------------------------------------------------------------------------
+create table quantops.jobs (
+  name         text primary key check (name ~ '^[a-z][a-z0-9_-]{0,62}$'),
+  enabled      boolean not null default true,
+  run_every    interval not null check (run_every >= interval '1 second'),
+  next_run_at  timestamptz not null default pg_catalog.now(),
+  description  text
+);
+insert into quantops.jobs (name, run_every, description) values
+  ('verify-audit', interval '1 hour', 'verify the hash chain of every audit stream');
+
+create table quantops.job_runs (
+  id           bigint generated always as identity primary key,
+  job          text not null,
+  started_at   timestamptz not null default pg_catalog.clock_timestamp(),
+  finished_at  timestamptz,
+  status       text not null default 'running' check (status in ('running', 'succeeded', 'failed')),
+  rows         bigint,
+  error        text,
+  details      jsonb not null default '{}'::jsonb,
+  runner       text not null,
+  pid          integer not null default pg_catalog.pg_backend_pid(),
+  constraint job_runs_finished_check check ((status = 'running') = (finished_at is null))
+);
+create index job_runs_job_started_idx on quantops.job_runs (job, started_at desc);
+
+create table quantops.workers (
+  name          text primary key,
+  pid           integer not null,
+  database      text not null,
+  started_at    timestamptz not null,
+  heartbeat_at  timestamptz not null,
+  naptime_s     integer not null,
+  state         text not null
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- The audit trail: append-only, hash-chained per stream
+-- ---------------------------------------------------------------------------------------------
+create table quantops.audit_log (
+  stream       text not null check (stream in ('quantops', 'tool_calls', 'flow_runs')),
+  seq          bigint not null,
+  at           timestamptz not null default pg_catalog.clock_timestamp(),
+  actor        uuid,
+  actor_role   text not null,
+  action       text not null check (pg_catalog.length(action) between 1 and 200),
+  args         jsonb not null default '{}'::jsonb,
+  outcome      text not null check (outcome in ('started', 'ok', 'error')),
+  detail       jsonb,
+  duration_us  bigint check (duration_us >= 0),
+  call_id      uuid,
+  prev_hash    bytea not null,
+  hash         bytea not null,
+  primary key (stream, seq)
+);
+create index audit_log_call_id_idx on quantops.audit_log (call_id) where call_id is not null;
+create index audit_log_actor_idx on quantops.audit_log (actor, at);
+comment on table quantops.audit_log is
+  'append-only audit trail; each row carries sha256(prev_hash || payload) of its stream; quantops.verify_audit() checks the chains';
+
+create table quantops.audit_heads (
+  stream  text primary key,
+  seq     bigint not null,
+  hash    bytea not null
+);
+
+-- The canonical text that a row's hash covers. Independent of TimeZone, DateStyle and
+-- extra_float_digits: timestamps as epoch microseconds, jsonb in its canonical output form.
+create function quantops._audit_payload(r quantops.audit_log) returns text
+language sql stable
+set search_path = ''
+as $$
+  select pg_catalog.jsonb_build_object(
+    'stream', r.stream, 'seq', r.seq,
+    'at_us', (pg_catalog.date_part('epoch', r.at) * 1000000)::numeric(20, 0),
+    'actor', r.actor, 'actor_role', r.actor_role, 'action', r.action, 'args', r.args,
+    'outcome', r.outcome, 'detail', r.detail, 'duration_us', r.duration_us, 'call_id', r.call_id
+  )::text
+$$;
+
+create function quantops._audit_chain() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_seq  bigint;
+  v_prev bytea;
+begin
+  new.actor := coalesce(new.actor, quantops.uid());
+  new.actor_role := coalesce(new.actor_role, quantops._caller_role());
+  insert into quantops.audit_heads (stream, seq, hash)
+    values (new.stream, 0, pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex'))
+    on conflict (stream) do nothing;
+  -- the row lock on the head serialises writers of one stream; under READ COMMITTED the UPDATE
+  -- re-reads the newest head, so the chain never forks
+  update quantops.audit_heads set seq = seq + 1 where stream = new.stream
+    returning seq, hash into v_seq, v_prev;
+  new.seq := v_seq;
+  new.prev_hash := v_prev;
+  new.hash := quantops._audit_digest(v_prev, quantops._audit_payload(new));
+  update quantops.audit_heads set hash = new.hash where stream = new.stream;
+  return new;
+end
+$$;
+create trigger audit_log_chain before insert on quantops.audit_log
+  for each row execute function quantops._audit_chain();
+
+create function quantops._append_only() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception 'quantops.% is append-only', tg_table_name
+    using errcode = '42501',
+          detail = pg_catalog.format('%s is not allowed on this table, for any role', tg_op),
+          hint = 'audit rows are never changed or removed; quantops.verify_audit() detects tampering';
+end
+$$;
+create trigger audit_log_append_only before update or delete on quantops.audit_log
+  for each row execute function quantops._append_only();
+create trigger audit_log_no_truncate before truncate on quantops.audit_log
+  for each statement execute function quantops._append_only();
+create trigger audit_heads_no_delete before delete on quantops.audit_heads
+  for each row execute function quantops._append_only();
+create trigger audit_heads_no_truncate before truncate on quantops.audit_heads
+  for each statement execute function quantops._append_only();
+
+-- ---------------------------------------------------------------------------------------------
+-- Row level security: on for every table. Privileges decide which roles reach a table at all,
+-- policies decide which rows. Policies name no role (so the extension installs on plain
+-- PostgreSQL without Supabase's roles); grants do, in quantops.grant_roles().
+-- ---------------------------------------------------------------------------------------------
+alter table quantops.settings                  enable row level security;
+alter table quantops.signal_embeddings         enable row level security;
+alter table quantops.signal_embeddings_archive enable row level security;
+alter table quantops.backtest_results          enable row level security;
+alter table quantops.jobs                      enable row level security;
+alter table quantops.job_runs                  enable row level security;
+alter table quantops.workers                   enable row level security;
+alter table quantops.audit_log                 enable row level security;
+alter table quantops.audit_heads               enable row level security;
+
+-- A row with an owner belongs to that user; rows without an owner are shared, maintained by
+-- roles that bypass RLS (service_role, the table owner).
+create policy own_rows on quantops.signal_embeddings
+  using (owner = quantops.uid()) with check (owner = quantops.uid());
+create policy own_rows on quantops.signal_embeddings_archive
+  using (owner = quantops.uid());
+create policy own_rows on quantops.backtest_results
+  using (owner = quantops.uid()) with check (owner = quantops.uid());
+create policy own_rows on quantops.audit_log
+  using (actor = quantops.uid());
+create policy readable on quantops.settings using (true);
+create policy readable on quantops.jobs using (true);
+create policy readable on quantops.job_runs using (true);
+create policy readable on quantops.workers using (true);
+create policy readable on quantops.audit_heads using (true);
+
+-- Grants for Supabase's roles that exist when it runs. finalize.sql calls it once; run it again
+-- (as the extension's owner) after creating the roles later on a plain PostgreSQL.
+create function quantops.grant_roles() returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  r text;
+begin
+  execute 'grant usage on schema quantops to public';
+  -- Supabase's postgres role is not a superuser there: it administers, like the owner
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'postgres') then
+    execute 'grant select, insert, update, delete on all tables in schema quantops to postgres';
+    execute 'grant execute on all functions in schema quantops to postgres';
+  end if;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
+    execute 'grant select, insert, update, delete on quantops.signal_embeddings to authenticated';
+    execute 'grant select on quantops.signal_embeddings_archive to authenticated';
+    execute 'grant select, insert, update, delete on quantops.backtest_results to authenticated';
+    execute 'grant select on quantops.audit_log to authenticated';
+    execute 'grant select on quantops.settings to authenticated';
+  end if;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
+    execute 'grant select, insert, update, delete on quantops.signal_embeddings, quantops.signal_embeddings_archive, quantops.backtest_results to service_role';
+    execute 'grant select, update on quantops.jobs to service_role';
+    execute 'grant select on quantops.job_runs, quantops.workers, quantops.audit_log, quantops.audit_heads, quantops.settings to service_role';
+  end if;
+  -- functions: EXECUTE was revoked from PUBLIC in finalize.sql; each role gets what it needs
+  foreach r in array array['authenticated', 'service_role'] loop
+    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
+    execute pg_catalog.format('grant execute on function quantops.uid(), quantops._finite(double precision), '
+      'quantops._finite_array(double precision[]), quantops.redact_secrets(jsonb), '
+      'quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text) to %I', r);
+  end loop;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
+    execute 'grant execute on function quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb), '
+      'quantops.verify_audit(text), quantops.status(), quantops.run_job(text) to service_role';
+  end if;
+end
+$$;
+
+-- Data tables are user data: pg_dump must dump their rows, not only their definitions.
+select pg_catalog.pg_extension_config_dump('quantops.signal_embeddings', '');
+select pg_catalog.pg_extension_config_dump('quantops.signal_embeddings_archive', '');
+select pg_catalog.pg_extension_config_dump('quantops.backtest_results', '');
+select pg_catalog.pg_extension_config_dump('quantops.job_runs', '');
+select pg_catalog.pg_extension_config_dump('quantops.audit_log', '');
+select pg_catalog.pg_extension_config_dump('quantops.audit_heads', '');

@@ -1,0 +1,303 @@
+//! The audit trail's SQL surface: agents' and flows' start/finish pairs, verification, and the
+//! append that every state-changing quantops function calls.
+
+use super::core::{self as chain, ChainRow};
+use crate::error::SqlError;
+use crate::sql_error;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode, Uuid};
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{what} must not be null")]
+    Null { what: &'static str },
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String, hint: Option<&'static str> },
+    #[error("no started {kind} with id {id}")]
+    UnknownCall { kind: &'static str, id: String },
+    #[error("{kind} {id} is already finished")]
+    AlreadyFinished { kind: &'static str, id: String },
+    #[error("unknown audit stream \"{0}\"")]
+    UnknownStream(String),
+}
+
+impl SqlError for AuditError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            AuditError::Null { .. } => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            AuditError::Invalid { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            AuditError::UnknownCall { .. } | AuditError::UnknownStream(_) => ERRCODE_UNDEFINED_OBJECT,
+            AuditError::AlreadyFinished { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        }
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            AuditError::UnknownCall { .. } => {
+                Some("a finish must name the id that its start returned, and the same caller must finish it".into())
+            }
+            _ => None,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            AuditError::Invalid { hint, .. } => hint.map(String::from),
+            AuditError::UnknownStream(_) => Some("streams are quantops, tool_calls and flow_runs".into()),
+            _ => None,
+        }
+    }
+}
+sql_error!(AuditError);
+
+pub const STREAMS: &[&str] = &["quantops", "tool_calls", "flow_runs"];
+
+/// Appends one row to an audit stream, in the caller's transaction. The chain trigger fills
+/// seq, prev_hash, hash, actor and actor_role.
+pub fn append(
+    stream: &str,
+    action: &str,
+    args: &Value,
+    outcome: &str,
+    detail: Option<&Value>,
+    duration_us: Option<i64>,
+    call_id: Option<Uuid>,
+) {
+    let args = JsonB(chain::redact(args));
+    let detail = detail.map(|d| JsonB(chain::redact(d)));
+    Spi::run_with_args(
+        "insert into quantops.audit_log (stream, action, args, outcome, detail, duration_us, call_id) \
+         values ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            stream.into(),
+            action.into(),
+            args.into(),
+            outcome.into(),
+            detail.into(),
+            duration_us.into(),
+            call_id.into(),
+        ],
+    )
+    .expect("audit append failed");
+}
+
+/// Records a state-changing quantops function call that succeeded (`outcome = ok`).
+pub fn record_call(action: &str, args: Value, detail: Option<Value>, started: std::time::Instant) {
+    let us = started.elapsed().as_micros() as i64;
+    append("quantops", action, &args, "ok", detail.as_ref(), Some(us), None);
+}
+
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _audit_digest(prev: &[u8], payload: &str) -> Vec<u8> {
+    chain::chain_hash(prev, payload).to_vec()
+}
+
+/// Redacts secret-looking keys and credential-shaped strings from a jsonb value.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn redact_secrets(args: JsonB) -> JsonB {
+    JsonB(chain::redact(&args.0))
+}
+
+fn check_name(what: &'static str, v: Option<&str>) -> Result<String, AuditError> {
+    let v = v.ok_or(AuditError::Null { what })?;
+    let t = v.trim();
+    if t.is_empty() || t.len() > 200 || t.chars().any(char::is_control) {
+        return Err(AuditError::Invalid {
+            what,
+            why: "must be 1 to 200 printable characters".into(),
+            hint: None,
+        });
+    }
+    Ok(t.to_string())
+}
+
+fn pair(
+    kind: &'static str,
+    stream: &'static str,
+    name: Option<&str>,
+    phase: Option<&str>,
+    id: Option<Uuid>,
+    input: Option<JsonB>,
+    outcome: Option<&str>,
+    result: Option<JsonB>,
+    extra: Value,
+) -> Result<Uuid, AuditError> {
+    let name = check_name(if kind == "tool call" { "tool" } else { "flow" }, name)?;
+    let phase = phase.ok_or(AuditError::Null { what: "phase" })?;
+    let input = input.map(|j| j.0).unwrap_or_else(|| json!({}));
+    if !input.is_object() {
+        return Err(AuditError::Invalid {
+            what: "arguments",
+            why: "must be a json object".into(),
+            hint: Some("pass the call's named arguments, e.g. '{\"symbol\": \"AAPL\"}'"),
+        });
+    }
+    let mut args = json!({ "name": name, "input": input });
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            args[k] = v;
+        }
+    }
+    match phase {
+        "start" => {
+            if outcome.is_some() || result.is_some() {
+                return Err(AuditError::Invalid {
+                    what: "outcome",
+                    why: "a start has no outcome yet".into(),
+                    hint: Some("pass outcome and result with phase => 'finish'"),
+                });
+            }
+            let id = id.unwrap_or_else(new_uuid);
+            append(stream, &name, &args, "started", None, None, Some(id));
+            Ok(id)
+        }
+        "finish" => {
+            let id = id.ok_or(AuditError::Null { what: "call id" })?;
+            let outcome = match outcome {
+                Some(o @ ("ok" | "error")) => o,
+                Some(o) => {
+                    return Err(AuditError::Invalid {
+                        what: "outcome",
+                        why: format!("\"{o}\" is not one of ok, error"),
+                        hint: None,
+                    })
+                }
+                None => return Err(AuditError::Null { what: "outcome" }),
+            };
+            // the start must exist and be the caller's own; a call is finished once
+            let started: Option<i64> = Spi::get_one_with_args(
+                "select (extract(epoch from pg_catalog.clock_timestamp() - at) * 1000000)::bigint \
+                 from quantops.audit_log where stream = $1 and call_id = $2 and outcome = 'started' \
+                 and actor is not distinct from quantops.uid() and actor_role = quantops._caller_role()",
+                &[stream.into(), id.into()],
+            )
+            .unwrap_or(None);
+            let Some(us) = started else {
+                return Err(AuditError::UnknownCall { kind, id: id.to_string() });
+            };
+            let done: Option<bool> = Spi::get_one_with_args(
+                "select true from quantops.audit_log where stream = $1 and call_id = $2 and outcome <> 'started'",
+                &[stream.into(), id.into()],
+            )
+            .unwrap_or(None);
+            if done.is_some() {
+                return Err(AuditError::AlreadyFinished { kind, id: id.to_string() });
+            }
+            let detail = result.map(|r| r.0);
+            append(stream, &name, &args, outcome, detail.as_ref(), Some(us.max(0)), Some(id));
+            Ok(id)
+        }
+        other => Err(AuditError::Invalid {
+            what: "phase",
+            why: format!("\"{other}\" is not one of start, finish"),
+            hint: None,
+        }),
+    }
+}
+
+fn new_uuid() -> Uuid {
+    let s: Option<Uuid> = Spi::get_one("select pg_catalog.gen_random_uuid()").unwrap_or(None);
+    s.expect("gen_random_uuid returned null")
+}
+
+/// Logs an agent's tool call as a start/finish pair: the start returns the call id, the finish
+/// names it with an outcome. A call that fails is still on record, as a start without a finish
+/// or a finish with outcome 'error'.
+#[pg_extern]
+fn log_tool_call(
+    tool: Option<&str>,
+    phase: default!(Option<&str>, "'start'"),
+    call_id: default!(Option<Uuid>, "NULL"),
+    arguments: default!(Option<JsonB>, "'{}'"),
+    outcome: default!(Option<&str>, "NULL"),
+    result: default!(Option<JsonB>, "NULL"),
+    agent: default!(Option<&str>, "NULL"),
+) -> Result<Uuid, ErrorReport> {
+    let extra = match agent {
+        Some(a) => json!({ "agent": check_name("agent", Some(a))? }),
+        None => json!({}),
+    };
+    Ok(pair("tool call", "tool_calls", tool, phase, call_id, arguments, outcome, result, extra)?)
+}
+
+/// Logs a flow run (Prefect, cron, a script) as a start/finish pair, like log_tool_call.
+#[pg_extern]
+fn log_flow_run(
+    flow: Option<&str>,
+    phase: default!(Option<&str>, "'start'"),
+    run_id: default!(Option<Uuid>, "NULL"),
+    parameters: default!(Option<JsonB>, "'{}'"),
+    outcome: default!(Option<&str>, "NULL"),
+    result: default!(Option<JsonB>, "NULL"),
+) -> Result<Uuid, ErrorReport> {
+    Ok(pair("flow run", "flow_runs", flow, phase, run_id, parameters, outcome, result, json!({}))?)
+}
+
+/// Checks the hash chain of one stream, or of all: one row per stream, with the first problem.
+#[pg_extern]
+fn verify_audit(
+    stream: default!(Option<&str>, "NULL"),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(stream, String),
+            name!(rows, i64),
+            name!(valid, bool),
+            name!(first_bad_seq, Option<i64>),
+            name!(problems, i64),
+            name!(problem, Option<String>),
+        ),
+    >,
+    ErrorReport,
+> {
+    let streams: Vec<&str> = match stream {
+        None => STREAMS.to_vec(),
+        Some(s) if STREAMS.contains(&s) => vec![s],
+        Some(s) => return Err(AuditError::UnknownStream(s.to_string()).into()),
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        let (rows, head) = load_chain(s);
+        let problems = chain::verify_chain(&rows, head);
+        let first = problems.iter().min_by_key(|p| p.seq());
+        out.push((
+            s.to_string(),
+            rows.len() as i64,
+            problems.is_empty(),
+            first.map(|p| p.seq()),
+            problems.len() as i64,
+            first.map(|p| p.describe()),
+        ));
+    }
+    Ok(TableIterator::new(out))
+}
+
+pub fn load_chain(stream: &str) -> (Vec<ChainRow>, Option<i64>) {
+    Spi::connect(|c| {
+        let rows = c
+            .select(
+                "select seq, quantops._audit_payload(a), prev_hash, hash from quantops.audit_log a \
+                 where stream = $1 order by seq",
+                None,
+                &[stream.into()],
+            )
+            .expect("reading the audit log failed")
+            .map(|t| ChainRow {
+                seq: t.get::<i64>(1).ok().flatten().unwrap_or(0),
+                payload: t.get::<String>(2).ok().flatten().unwrap_or_default(),
+                prev_hash: t.get::<Vec<u8>>(3).ok().flatten().unwrap_or_default(),
+                hash: t.get::<Vec<u8>>(4).ok().flatten().unwrap_or_default(),
+            })
+            .collect::<Vec<_>>();
+        let head = c
+            .select("select seq from quantops.audit_heads where stream = $1", None, &[stream.into()])
+            .expect("reading the audit head failed")
+            .first()
+            .get_one::<i64>()
+            .ok()
+            .flatten();
+        (rows, head)
+    })
+}

@@ -1,0 +1,3 @@
+//! The embedding dimension and the IVFFlat index: `quantops.configure(dims => ...)`.
+pub mod core;
+pub mod sql;

@@ -1,0 +1,55 @@
+//! Every quantops GUC: private statics, one `init()`, public accessors. The `quantops.` prefix is
+//! reserved, so a misspelt `quantops.*` setting is an error rather than a silent placeholder.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static NAPTIME_S: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"quantops.enabled",
+        c"Whether the quantops scheduler worker runs jobs.",
+        c"When off, the worker keeps its heartbeat but starts no job. SQL functions still work.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"quantops.database",
+        c"The database the quantops scheduler worker connects to.",
+        c"The worker runs the jobs of the quantops extension installed in this database.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"quantops.naptime",
+        c"Seconds the quantops scheduler worker sleeps between looks for due jobs.",
+        c"The worker also wakes at once on SIGHUP and SIGTERM.",
+        &NAPTIME_S,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"quantops".as_ptr()) };
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postgres".to_string())
+}
+
+pub fn naptime() -> std::time::Duration {
+    std::time::Duration::from_secs(NAPTIME_S.get().max(1) as u64)
+}

@@ -1,0 +1,39 @@
+//! quantops: upkeep for quant and AI research platforms, inside PostgreSQL.
+//! See README.md. Each capability lives in its own folder: a pure `core.rs` and a thin `sql.rs`.
+
+pgrx::pg_module_magic!(name, version);
+
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod gucs;
+pub mod jobs;
+pub mod spi;
+pub mod workers;
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[allow(non_snake_case)]
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        workers::register();
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'quantops'", "quantops.naptime = 1"]
+    }
+}

@@ -1,0 +1,49 @@
+//! The one place that builds SQL text. Identifiers are quoted here; values are always bound as $n.
+
+use pgrx::prelude::*;
+
+/// Quotes an identifier the way `quote_ident` does, always (never trusts the input to be plain).
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            s.push('"');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+/// The schema (already quoted) where pgvector's `vector` type lives, e.g. `"extensions"`.
+pub fn vector_schema() -> Option<String> {
+    Spi::get_one::<String>(
+        "select n.nspname::text from pg_catalog.pg_extension e \
+         join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'",
+    )
+    .ok()
+    .flatten()
+    .map(|s| quote_ident(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_always_quoted() {
+        assert_eq!(quote_ident("extensions"), "\"extensions\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("x\"; drop table t; --"), "\"x\"\"; drop table t; --\"");
+        assert_eq!(quote_ident(""), "\"\"");
+    }
+}
+
+/// Runs a statement; a failure of SPI itself (not a Postgres ERROR, which propagates on its own)
+/// is raised as an internal error naming the statement's purpose.
+pub fn run(what: &str, sql: &str, args: &[pgrx::datum::DatumWithOid]) {
+    if let Err(e) = Spi::run_with_args(sql, args) {
+        pgrx::error!("quantops: {what} failed: {e}");
+    }
+}

@@ -1,0 +1,166 @@
+//! The scheduler worker: connects to `quantops.database`, keeps a heartbeat in
+//! `quantops.workers`, and runs due jobs from `quantops.jobs`, each recorded in
+//! `quantops.job_runs`. One short transaction per step; all state lives in tables, so a crash or
+//! kill -9 loses nothing and a restart resumes. The postmaster restarts it after a crash.
+
+use crate::{gucs, jobs};
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use std::time::Duration;
+
+pub const NAME: &str = "quantops scheduler";
+
+pub fn register() {
+    BackgroundWorkerBuilder::new(NAME)
+        .set_type(NAME)
+        .set_function("quantops_scheduler_main")
+        .set_library("quantops")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// Runs `f` in its own transaction. A Postgres ERROR (or a Rust panic) inside is caught, the
+/// transaction aborted, and the message returned, so the worker lives on to record it.
+fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Result<R, String> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let r = PgTryBuilder::new(move || Ok(f()))
+        .catch_others(|e| {
+            Err(match e {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    r.message().to_string()
+                }
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            })
+        })
+        .execute();
+    unsafe {
+        match &r {
+            Ok(_) => {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Err(_) => pg_sys::AbortCurrentTransaction(),
+        }
+    }
+    r
+}
+
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>("select exists (select 1 from pg_catalog.pg_extension where extname = 'quantops')")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+fn heartbeat(state: &str, started: &str) {
+    crate::spi::run(
+        "recording the heartbeat",
+        "insert into quantops.workers (name, pid, database, started_at, heartbeat_at, naptime_s, state) \
+         values ($1, pg_catalog.pg_backend_pid(), pg_catalog.current_database(), $2::timestamptz, pg_catalog.now(), $3, $4) \
+         on conflict (name) do update set pid = excluded.pid, database = excluded.database, \
+           started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+           naptime_s = excluded.naptime_s, state = excluded.state",
+        &[NAME.into(), started.into(), (gucs::naptime().as_secs() as i32).into(), state.into()],
+    );
+}
+
+/// Claims the next due job (moving its next_run_at forward) or returns None.
+fn claim_due_job() -> Option<String> {
+    Spi::get_one::<String>(
+        "update quantops.jobs j set next_run_at = pg_catalog.now() + j.run_every \
+         where j.name = (select name from quantops.jobs where enabled and next_run_at <= pg_catalog.now() \
+                         order by next_run_at limit 1 for update skip locked) \
+         returning j.name",
+    )
+    .ok()
+    .flatten()
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    log!("{NAME} started in database \"{db}\"");
+    let started: String = in_transaction(|| Spi::get_one::<String>("select pg_catalog.now()::text").ok().flatten())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "now".into());
+    let mut warned_missing = false;
+
+    // the first pass runs at once; later ones after each naptime (or a wake-up)
+    let mut first = true;
+    while first || BackgroundWorker::wait_latch(Some(gucs::naptime())) {
+        first = false;
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
+        let installed = in_transaction(extension_installed).unwrap_or(false);
+        if !installed {
+            if !warned_missing {
+                log!("{NAME}: extension quantops is not installed in database \"{db}\"; waiting");
+                warned_missing = true;
+            }
+            continue;
+        }
+        warned_missing = false;
+        let enabled = gucs::enabled();
+        let st = started.clone();
+        if let Err(e) = in_transaction(move || heartbeat(if enabled { "running" } else { "disabled" }, &st)) {
+            warning!("{NAME}: heartbeat failed: {e}");
+            continue;
+        }
+        if !enabled {
+            continue;
+        }
+        // run every job that is due, each in its own transactions
+        for _ in 0..64 {
+            if BackgroundWorker::sigterm_received() {
+                break;
+            }
+            let Ok(Some(job)) = in_transaction(claim_due_job) else { break };
+            run_one(&job);
+        }
+    }
+    // leave a truthful record on the way out
+    let _ = in_transaction(|| {
+        crate::spi::run(
+            "recording the stop",
+            "update quantops.workers set state = 'stopped', heartbeat_at = pg_catalog.now() where name = $1 and pid = pg_catalog.pg_backend_pid()",
+            &[NAME.into()],
+        )
+    });
+    log!("{NAME} stopped");
+}
+
+fn run_one(job: &str) {
+    let j = job.to_string();
+    let id = match in_transaction(move || jobs::sql::begin_run(&j, "worker")) {
+        Ok(id) => id,
+        Err(e) => {
+            warning!("{NAME}: could not record the start of job \"{job}\": {e}");
+            return;
+        }
+    };
+    let j = job.to_string();
+    let result = match in_transaction(move || jobs::sql::execute(&j)) {
+        Ok(r) => r,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        warning!("{NAME}: job \"{job}\" failed: {e}");
+    }
+    if let Err(e) = in_transaction(move || jobs::sql::finish_run(id, &result)) {
+        warning!("{NAME}: could not record the end of job \"{job}\": {e}");
+    }
+}
