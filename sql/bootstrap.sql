@@ -325,11 +325,11 @@ create policy own_rows on quantops.backtest_results
   using (owner = quantops.uid()) with check (owner = quantops.uid());
 create policy own_rows on quantops.audit_log
   using (actor = quantops.uid());
-create policy readable on quantops.settings using (true);
-create policy readable on quantops.jobs using (true);
-create policy readable on quantops.job_runs using (true);
-create policy readable on quantops.workers using (true);
-create policy readable on quantops.audit_heads using (true);
+create policy readable on quantops.settings for select using (true);
+create policy readable on quantops.jobs for select using (true);
+create policy readable on quantops.job_runs for select using (true);
+create policy readable on quantops.workers for select using (true);
+create policy readable on quantops.audit_heads for select using (true);
 
 -- Grants for Supabase's roles that exist when it runs. finalize.sql calls it once; run it again
 -- (as the extension's owner) after creating the roles later on a plain PostgreSQL.
@@ -358,7 +358,11 @@ begin
     execute 'grant select, update on quantops.jobs to service_role';
     execute 'grant select on quantops.job_runs, quantops.workers, quantops.audit_log, quantops.audit_heads, quantops.settings to service_role';
   end if;
-  -- functions: EXECUTE was revoked from PUBLIC in finalize.sql; each role gets what it needs
+  -- functions: EXECUTE was revoked from PUBLIC in finalize.sql; each role gets what it needs.
+  -- anon may ask who it is (NULL), so RLS policies that call uid() fail on the table, not on uid()
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
+    execute 'grant execute on function quantops.uid() to anon';
+  end if;
   foreach r in array array['authenticated', 'service_role'] loop
     continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
     execute pg_catalog.format('grant execute on function quantops.uid(), quantops._finite(double precision), '
@@ -367,7 +371,8 @@ begin
   end loop;
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
     execute 'grant execute on function quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb), '
-      'quantops.verify_audit(text), quantops.status(), quantops.run_job(text) to service_role';
+      'quantops.verify_audit(text), quantops._audit_payload(quantops.audit_log), quantops.status(), '
+      'quantops.run_job(text) to service_role';
   end if;
 end
 $$;

@@ -23,10 +23,6 @@ pub extern "C-unwind" fn _PG_init() {
     }
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
-mod tests;
-
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {

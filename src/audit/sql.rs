@@ -301,3 +301,74 @@ pub fn load_chain(stream: &str) -> (Vec<ChainRow>, Option<i64>) {
         (rows, head)
     })
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn digest_is_sha256_of_prev_and_payload() {
+        let hex: Option<String> =
+            Spi::get_one("select encode(quantops._audit_digest(''::bytea, 'abc'), 'hex')").unwrap();
+        assert_eq!(hex.as_deref(), Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+    }
+
+    #[pg_test]
+    fn tool_call_pair_is_chained_and_redacted() {
+        let id: Option<pgrx::Uuid> = Spi::get_one(
+            "select quantops.log_tool_call('search_memory', arguments => '{\"q\": \"AAPL\", \"api_key\": \"sk-abcdefghijklmnopqrstu\"}')",
+        )
+        .unwrap();
+        let id = id.unwrap();
+        Spi::run_with_args(
+            "select quantops.log_tool_call('search_memory', phase => 'finish', call_id => $1, outcome => 'ok', result => '{\"rows\": 3}')",
+            &[id.into()],
+        )
+        .unwrap();
+        let (n, key): (Option<i64>, Option<String>) = Spi::get_two_with_args(
+            "select count(*), max(args->'input'->>'api_key') from quantops.audit_log where call_id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(n, Some(2));
+        assert_eq!(key.as_deref(), Some("[redacted]"));
+        let valid: Option<bool> =
+            Spi::get_one("select bool_and(valid) from quantops.verify_audit('tool_calls')").unwrap();
+        assert_eq!(valid, Some(true));
+        let dur: Option<i64> = Spi::get_one_with_args(
+            "select duration_us from quantops.audit_log where call_id = $1 and outcome = 'ok'",
+            &[id.into()],
+        )
+        .unwrap();
+        assert!(dur.unwrap() >= 0);
+    }
+
+    #[pg_test(error = "no started tool call with id 00000000-0000-4000-8000-000000000000")]
+    fn finishing_an_unknown_call_is_an_error() {
+        Spi::run(
+            "select quantops.log_tool_call('x', phase => 'finish', call_id => '00000000-0000-4000-8000-000000000000', outcome => 'ok')",
+        )
+        .unwrap();
+    }
+
+    #[pg_test(error = "quantops.audit_log is append-only")]
+    fn audit_rows_cannot_be_deleted_even_by_the_owner() {
+        Spi::run("select quantops.log_flow_run('supabase-embedding-refresh')").unwrap();
+        Spi::run("delete from quantops.audit_log").unwrap();
+    }
+
+    #[pg_test]
+    fn an_altered_row_is_detected() {
+        Spi::run("select quantops.log_flow_run('scheduled-vector-prune')").unwrap();
+        Spi::run("select quantops.log_flow_run('scheduled-vector-prune')").unwrap();
+        // tamper the way only a superuser can: with triggers off for this transaction
+        Spi::run("set local session_replication_role = replica").unwrap();
+        Spi::run("update quantops.audit_log set args = '{\"name\": \"forged\"}' where stream = 'flow_runs' and seq = 1").unwrap();
+        Spi::run("set local session_replication_role = origin").unwrap();
+        let (valid, first): (Option<bool>, Option<i64>) =
+            Spi::get_two("select valid, first_bad_seq from quantops.verify_audit('flow_runs')").unwrap();
+        assert_eq!(valid, Some(false));
+        assert_eq!(first, Some(1));
+    }
+}

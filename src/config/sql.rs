@@ -108,7 +108,16 @@ fn configure(
     let vtype = format!("{vschema}.vector({dims})");
     let idx = quote_ident(INDEX_NAME);
     // dims, lists are validated integers; the schema and index names are quoted identifiers
-    run("dropping the index", &format!("drop index if exists quantops.{idx}"), &[]);
+    let exists: bool = Spi::get_one_with_args::<bool>(
+        "select pg_catalog.to_regclass($1) is not null",
+        &[format!("quantops.{idx}").into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if exists {
+        run("dropping the index", &format!("drop index quantops.{idx}"), &[]);
+    }
     for t in ["signal_embeddings", "signal_embeddings_archive"] {
         let t = quote_ident(t);
         run(
@@ -140,4 +149,46 @@ fn configure(
         started,
     );
     Ok(JsonB(settings))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn configure_sets_dims_and_builds_the_index() {
+        let lists: Option<i32> =
+            Spi::get_one("select (quantops.configure(dims => 4, lists => 3, metric => 'l2')->>'lists')::int").unwrap();
+        assert_eq!(lists, Some(3));
+        let typ: Option<String> = Spi::get_one(
+            "select format_type(atttypid, atttypmod) from pg_attribute \
+             where attrelid = 'quantops.signal_embeddings'::regclass and attname = 'embedding'",
+        )
+        .unwrap();
+        assert!(typ.unwrap().ends_with("vector(4)"));
+        let am: Option<String> = Spi::get_one(
+            "select a.amname || ' ' || o.opcname || ' ' || array_to_string(c.reloptions, ',') \
+             from pg_index i join pg_class c on c.oid = i.indexrelid join pg_am a on a.oid = c.relam \
+             join pg_opclass o on o.oid = i.indclass[0] \
+             where i.indexrelid = 'quantops.signal_embeddings_embedding_ivfflat_idx'::regclass",
+        )
+        .unwrap();
+        assert_eq!(am.as_deref(), Some("ivfflat vector_l2_ops lists=3"));
+    }
+
+    #[pg_test(error = "invalid dims: 0")]
+    fn configure_rejects_zero_dims() {
+        Spi::run("select quantops.configure(dims => 0)").unwrap();
+    }
+
+    #[pg_test(error = "quantops.signal_embeddings holds 1 embeddings of 3 dimensions, not 4")]
+    fn configure_never_truncates_stored_vectors() {
+        Spi::run(
+            "insert into quantops.signal_embeddings (strategy, symbol, as_of, embedding, embedder) \
+             values ('s', 'AAPL', now(), '[1,2,3]', 'test')",
+        )
+        .unwrap();
+        Spi::run("select quantops.configure(dims => 4)").unwrap();
+    }
 }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds quantops (release) and installs it into PostgreSQL 15. The cluster is stopped while the
+# shared library is replaced (a running server must never see its .so overwritten) and started
+# again if it was running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$HOME/.cargo/bin:$PATH
+PG_CONFIG=/usr/lib/postgresql/${PG_MAJOR:-15}/bin/pg_config
+was_running=0
+if bash scripts/cluster.sh status >/dev/null 2>&1; then was_running=1; bash scripts/cluster.sh stop; fi
+cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -E "error|warning: unused|Finished installing" || true
+test -f "$($PG_CONFIG --pkglibdir)/quantops.so"
+if [ $was_running = 1 ]; then bash scripts/cluster.sh start; fi

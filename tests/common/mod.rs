@@ -1,0 +1,126 @@
+//! Shared helpers for the integration tests: a real client against the cluster that
+//! scripts/cluster.sh runs, and requests replayed the way PostgREST makes them.
+#![allow(dead_code)]
+
+use postgres::{Client, NoTls, Row};
+use std::time::{Duration, Instant};
+
+pub fn port() -> u16 {
+    std::env::var("QUANTOPS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(55432)
+}
+
+pub fn connect(user: &str) -> Client {
+    let url = format!("host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10", port());
+    Client::connect(&url, NoTls).unwrap_or_else(|e| {
+        panic!("cannot connect as {user} to 127.0.0.1:{}: {e}; start the cluster with scripts/cluster.sh start", port())
+    })
+}
+
+pub fn admin() -> Client {
+    connect("postgres")
+}
+
+/// Who makes a request.
+#[derive(Clone, Debug)]
+pub enum Who {
+    Anon,
+    User(String),
+    ServiceRole,
+    Postgres,
+}
+
+impl Who {
+    pub fn label(&self) -> String {
+        match self {
+            Who::Anon => "anon".into(),
+            Who::User(u) => format!("authenticated:{}", &u[..8]),
+            Who::ServiceRole => "service_role".into(),
+            Who::Postgres => "postgres".into(),
+        }
+    }
+}
+
+pub const USER_A: &str = "11111111-1111-4111-8111-111111111111";
+pub const USER_B: &str = "22222222-2222-4222-8222-222222222222";
+
+pub fn new_user() -> String {
+    let mut c = admin();
+    let r = c.query_one("select gen_random_uuid()::text", &[]).unwrap();
+    r.get(0)
+}
+
+/// One request as PostgREST makes it: connect as authenticator, BEGIN, set role and
+/// request.jwt.claims with set_config(..., true), run the statement, COMMIT. Any error rolls
+/// the whole request back. The postgres case is a direct superuser session (Studio, migrations).
+pub fn request(who: &Who, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+    let mut c = match who {
+        Who::Postgres => admin(),
+        _ => connect("authenticator"),
+    };
+    let mut tx = c.transaction()?;
+    match who {
+        Who::Postgres => {}
+        Who::Anon => set_claims(&mut tx, "anon", r#"{"role":"anon"}"#)?,
+        Who::ServiceRole => set_claims(&mut tx, "service_role", r#"{"role":"service_role"}"#)?,
+        Who::User(sub) => set_claims(
+            &mut tx,
+            "authenticated",
+            &format!(r#"{{"sub":"{sub}","role":"authenticated","aud":"authenticated"}}"#),
+        )?,
+    }
+    let rows = tx.query(sql, params)?;
+    tx.commit()?;
+    Ok(rows)
+}
+
+fn set_claims(tx: &mut postgres::Transaction, role: &str, claims: &str) -> Result<(), postgres::Error> {
+    tx.execute(
+        "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
+         set_config('request.method', 'POST', true), set_config('request.path', '/rpc', true)",
+        &[&role, &claims],
+    )?;
+    Ok(())
+}
+
+/// The SQLSTATE of a failed request.
+pub fn sqlstate(r: &Result<Vec<Row>, postgres::Error>) -> Option<String> {
+    match r {
+        Ok(_) => None,
+        Err(e) => Some(e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no sqlstate: {e}"))),
+    }
+}
+
+pub fn expect_err(r: Result<Vec<Row>, postgres::Error>, state: &str, msg_part: &str) {
+    match r {
+        Ok(_) => panic!("expected SQLSTATE {state} ({msg_part}), got success"),
+        Err(e) => {
+            let db = e.as_db_error().unwrap_or_else(|| panic!("expected SQLSTATE {state}, got {e}"));
+            assert_eq!(db.code().code(), state, "wrong SQLSTATE for: {}", db.message());
+            assert!(db.message().contains(msg_part), "message {:?} lacks {:?}", db.message(), msg_part);
+        }
+    }
+}
+
+pub fn scalar_i64(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get::<_, i64>(0)
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if t0.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A 384-dimensional vector literal, as configured by the Supabase migration.
+pub fn vec_lit(seed: f32, dims: usize) -> String {
+    let v: Vec<String> = (0..dims).map(|i| format!("{:.4}", ((i as f32 + 1.0) * seed).sin())).collect();
+    format!("[{}]", v.join(","))
+}

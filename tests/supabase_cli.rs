@@ -1,0 +1,73 @@
+//! The Supabase CLI test: the real `supabase` CLI (npm supabase@2.117.0, installed by
+//! scripts/bootstrap.sh) applies supabase/migrations and supabase/seed.sql to the local cluster
+//! with `db push --include-seed`, then `db reset`; both must succeed and leave the same database.
+//! `db lint` and `db advisors` (security) must find nothing in quantops.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable", port());
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--db-url", &url]);
+    let out = Command::new(format!("{root}/tools/node_modules/.bin/supabase"))
+        .args(&full)
+        .current_dir(root)
+        .env("DO_NOT_TRACK", "1")
+        .env("SUPABASE_TELEMETRY_DISABLED", "1")
+        .output()
+        .expect("the Supabase CLI is installed by scripts/bootstrap.sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn assert_seeded(what: &str) {
+    let mut c = admin();
+    let r = c
+        .query_one(
+            "select (select count(*) from quantops.signal_embeddings), \
+                    (select count(distinct strategy) from quantops.signal_embeddings), \
+                    (select count(distinct symbol) from quantops.signal_embeddings), \
+                    (select count(*) from quantops.backtest_results), \
+                    (select embedding_dims from quantops.settings), \
+                    (select count(*) from cron.job where jobname = 'quantops-verify-audit'), \
+                    (select count(*) from storage.buckets where id = 'model-artifacts'), \
+                    (select count(*) from supabase_migrations.schema_migrations)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(0), 3000, "{what}: signals");
+    assert_eq!(r.get::<_, i64>(1), 5, "{what}: strategies");
+    assert_eq!(r.get::<_, i64>(2), 12, "{what}: symbols");
+    assert_eq!(r.get::<_, i64>(3), 25, "{what}: backtests");
+    assert_eq!(r.get::<_, Option<i32>>(4), Some(384), "{what}: dims");
+    assert_eq!(r.get::<_, i64>(5), 1, "{what}: cron job");
+    assert_eq!(r.get::<_, i64>(6), 1, "{what}: bucket");
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/migrations")).unwrap().count() as i64;
+    assert_eq!(r.get::<_, i64>(7), migrations, "{what}: migrations recorded");
+    // the extension's own invariants hold after the CLI's work
+    let ok: bool = c.query_one("select bool_and(valid) from quantops.verify_audit()", &[]).unwrap().get(0);
+    assert!(ok, "{what}: audit chain");
+}
+
+#[test]
+fn supabase_cli_push_then_reset_then_lint() {
+    let (ok, out) = cli(&["db", "push", "--include-seed", "--yes"]);
+    assert!(ok, "supabase db push failed:\n{out}");
+    assert_seeded("after db push");
+
+    let (ok, out) = cli(&["db", "reset", "--yes"]);
+    assert!(ok, "supabase db reset failed:\n{out}");
+    assert_seeded("after db reset");
+
+    // db lint uses plpgsql_check; Supabase keeps extensions out of public
+    admin().batch_execute("create extension if not exists plpgsql_check with schema extensions").unwrap();
+    let (ok, out) = cli(&["db", "lint", "--schema", "quantops", "--level", "warning", "--fail-on", "warning"]);
+    assert!(ok && out.contains("No schema errors found"), "supabase db lint:\n{out}");
+
+    let (ok, out) = cli(&["db", "advisors", "--type", "security", "--level", "warn", "--fail-on", "warn"]);
+    assert!(ok, "supabase db advisors found security issues:\n{out}");
+}
