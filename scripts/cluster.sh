@@ -46,7 +46,6 @@ max_worker_processes = 16
 log_min_messages = log
 fsync = off
 full_page_writes = off
-synchronous_commit = off
 shared_buffers = 512MB
 maintenance_work_mem = 512MB
 max_connections = 200

@@ -26,7 +26,7 @@ bash scripts/cluster.sh reset
 bash scripts/cluster.sh status
 
 echo "== Supabase CLI: db push, db reset, db lint, db advisors"
-cargo test --quiet --test supabase_cli -- --test-threads=1
+cargo test --quiet --features integration --test supabase_cli -- --test-threads=1
 
 echo "== tier 3: pg_regress"
 bash scripts/regress.sh
@@ -35,4 +35,4 @@ echo "== upgrade check"
 bash scripts/upgrade_check.sh
 
 echo "== tier 4: integration tests"
-cargo test --test integration -- --test-threads=1
+cargo test --features integration --test integration -- --test-threads=1

@@ -299,6 +299,12 @@ create trigger audit_heads_no_delete before delete on quantops.audit_heads
   for each row execute function quantops._append_only();
 create trigger audit_heads_no_truncate before truncate on quantops.audit_heads
   for each statement execute function quantops._append_only();
+-- fire even with session_replication_role = replica: no unchained or rewritten row, ever
+alter table quantops.audit_log enable always trigger audit_log_chain;
+alter table quantops.audit_log enable always trigger audit_log_append_only;
+alter table quantops.audit_log enable always trigger audit_log_no_truncate;
+alter table quantops.audit_heads enable always trigger audit_heads_no_delete;
+alter table quantops.audit_heads enable always trigger audit_heads_no_truncate;
 
 -- ---------------------------------------------------------------------------------------------
 -- Row level security: on for every table. Privileges decide which roles reach a table at all,

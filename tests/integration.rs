@@ -72,13 +72,13 @@ fn role_matrix_select_on_every_table() {
     let tag = new_user();
     for owner in [USER_A, USER_B] {
         c.execute(
-            "insert into quantops.signal_embeddings (strategy, symbol, as_of, owner) values ('matrix', $1, now(), $2::uuid)",
+            "insert into quantops.signal_embeddings (strategy, symbol, as_of, owner) values ('matrix', $1, now(), $2::text::uuid)",
             &[&tag, &owner],
         )
         .unwrap();
         c.execute(
             "insert into quantops.backtest_results (run_id, strategy, period_start, period_end, owner) \
-             values ($1 || $2, 'matrix', '2024-01-01', '2024-12-31', $2::uuid)",
+             values ($1 || $2, 'matrix', '2024-01-01', '2024-12-31', $2::text::uuid)",
             &[&tag, &owner],
         )
         .unwrap();
@@ -146,7 +146,7 @@ fn role_matrix_writes() {
     // ... and cannot insert a row for someone else: RLS WITH CHECK, 42501
     let r = request(
         &a,
-        "insert into quantops.signal_embeddings (strategy, symbol, as_of, owner) values ('matrix', $1, now(), $2::uuid)",
+        "insert into quantops.signal_embeddings (strategy, symbol, as_of, owner) values ('matrix', $1, now(), $2::text::uuid)",
         &[&tag, &USER_B],
     );
     expect_err(r, "42501", "row-level security");
@@ -158,7 +158,7 @@ fn role_matrix_writes() {
     // the owner may update it, but not give it away
     let r = request(&a, "update quantops.signal_embeddings set rationale = 'mine' where symbol = $1 returning id", &[&tag]).unwrap();
     assert_eq!(r.len(), 1);
-    let r = request(&a, "update quantops.signal_embeddings set owner = $2::uuid where symbol = $1", &[&tag, &USER_B]);
+    let r = request(&a, "update quantops.signal_embeddings set owner = $2::text::uuid where symbol = $1", &[&tag, &USER_B]);
     expect_err(r, "42501", "row-level security");
     // anon writes nothing
     let r = request(&Who::Anon, "insert into quantops.signal_embeddings (strategy, symbol, as_of) values ('m', 'x', now())", &[]);
@@ -175,7 +175,7 @@ fn role_matrix_writes() {
     // service_role maintains: it writes any row, and may pause a job
     let r = request(
         &Who::ServiceRole,
-        "insert into quantops.signal_embeddings (strategy, symbol, as_of, owner) values ('matrix', $1, now(), $2::uuid) returning id",
+        "insert into quantops.signal_embeddings (strategy, symbol, as_of, owner) values ('matrix', $1, now(), $2::text::uuid) returning id",
         &[&tag, &USER_B],
     );
     assert!(r.is_ok(), "{:?}", r.err());
@@ -235,7 +235,7 @@ fn role_matrix_execute_on_every_function() {
         seen.insert(key.clone());
         for (i, role) in ["anon", "authenticated", "service_role"].iter().enumerate() {
             let ok: bool = c
-                .query_one("select has_function_privilege($1, $2::regprocedure, 'EXECUTE')", &[role, &sig])
+                .query_one("select has_function_privilege($1, $2::text::regprocedure, 'EXECUTE')", &[role, &sig])
                 .unwrap()
                 .get(0);
             assert_eq!(ok, expect[i], "EXECUTE on {sig} for {role}");
@@ -243,8 +243,8 @@ fn role_matrix_execute_on_every_function() {
         // PUBLIC has nothing
         let public: bool = c
             .query_one(
-                "select exists (select 1 from pg_proc p, aclexplode(p.proacl) a where p.oid = $1::regprocedure \
-                 and a.grantee = 0 and a.privilege_type = 'EXECUTE') or (select proacl is null from pg_proc where oid = $1::regprocedure)",
+                "select exists (select 1 from pg_proc p, aclexplode(p.proacl) a where p.oid = $1::text::regprocedure \
+                 and a.grantee = 0 and a.privilege_type = 'EXECUTE') or (select proacl is null from pg_proc where oid = $1::text::regprocedure)",
                 &[&sig],
             )
             .unwrap()
@@ -328,7 +328,7 @@ fn tool_call_pair_records_who_and_survives_a_failed_call() {
     // request 3: the agent records the failure
     request(
         &me,
-        "select quantops.log_tool_call(tool => 'search_memory', phase => 'finish', call_id => $1::uuid, outcome => 'error', result => '{\"error\": \"division by zero\"}')",
+        "select quantops.log_tool_call(tool => 'search_memory', phase => 'finish', call_id => $1::text::uuid, outcome => 'error', result => '{\"error\": \"division by zero\"}')",
         &[&id],
     )
     .unwrap();
@@ -337,7 +337,7 @@ fn tool_call_pair_records_who_and_survives_a_failed_call() {
     let rows = c
         .query(
             "select outcome, actor::text, actor_role, args::text, duration_us from quantops.audit_log \
-             where call_id = $1::uuid order by seq",
+             where call_id = $1::text::uuid order by seq",
             &[&id],
         )
         .unwrap();
@@ -349,8 +349,9 @@ fn tool_call_pair_records_who_and_survives_a_failed_call() {
         assert_eq!(r.get::<_, String>(2), "authenticated");
         let args: String = r.get(3);
         assert!(!args.contains("sk-proj"), "secret leaked into the audit log: {args}");
-        assert!(args.contains("[redacted]") && args.contains("planner"));
     }
+    let start_args: String = rows[0].get(3);
+    assert!(start_args.contains("[redacted]") && start_args.contains("planner"), "{start_args}");
     assert!(rows[1].get::<_, Option<i64>>(4).unwrap() >= 0);
     // the user sees their own audit rows and nobody else's
     let r = request(&me, "select count(*), count(distinct actor) from quantops.audit_log", &[]).unwrap();
@@ -359,14 +360,14 @@ fn tool_call_pair_records_who_and_survives_a_failed_call() {
     let other = Who::User(new_user());
     let r = request(
         &other,
-        "select quantops.log_tool_call(tool => 'search_memory', phase => 'finish', call_id => $1::uuid, outcome => 'ok')",
+        "select quantops.log_tool_call(tool => 'search_memory', phase => 'finish', call_id => $1::text::uuid, outcome => 'ok')",
         &[&id],
     );
     expect_err(r, "42704", "no started tool call");
     // and a call is finished once
     let r = request(
         &me,
-        "select quantops.log_tool_call(tool => 'search_memory', phase => 'finish', call_id => $1::uuid, outcome => 'ok')",
+        "select quantops.log_tool_call(tool => 'search_memory', phase => 'finish', call_id => $1::text::uuid, outcome => 'ok')",
         &[&id],
     );
     expect_err(r, "55000", "already finished");
@@ -414,7 +415,7 @@ fn verify_audit_finds_altered_removed_and_truncated_rows() {
     let last = scalar_i64(&mut c, "select max(seq) from quantops.audit_log where stream = 'flow_runs'");
     // tamper in a transaction that we roll back, so the shared cluster stays intact
     let mut tx = c.transaction().unwrap();
-    tx.batch_execute("set local session_replication_role = replica").unwrap();
+    tx.batch_execute("alter table quantops.audit_log disable trigger audit_log_append_only").unwrap();
     tx.execute(
         "update quantops.audit_log set args = jsonb_set(args, '{input,i}', '99') where stream = 'flow_runs' and seq = $1",
         &[&(last - 2)],
@@ -427,7 +428,7 @@ fn verify_audit_finds_altered_removed_and_truncated_rows() {
     tx.rollback().unwrap();
 
     let mut tx = c.transaction().unwrap();
-    tx.batch_execute("set local session_replication_role = replica").unwrap();
+    tx.batch_execute("alter table quantops.audit_log disable trigger audit_log_append_only").unwrap();
     tx.execute("delete from quantops.audit_log where stream = 'flow_runs' and seq = $1", &[&(last - 1)]).unwrap();
     let r = tx.query_one("select valid, first_bad_seq, problem from quantops.verify_audit('flow_runs')", &[]).unwrap();
     assert!(!r.get::<_, bool>(0));
@@ -436,7 +437,7 @@ fn verify_audit_finds_altered_removed_and_truncated_rows() {
     tx.rollback().unwrap();
 
     let mut tx = c.transaction().unwrap();
-    tx.batch_execute("set local session_replication_role = replica").unwrap();
+    tx.batch_execute("alter table quantops.audit_log disable trigger audit_log_append_only").unwrap();
     tx.execute("delete from quantops.audit_log where stream = 'flow_runs' and seq = $1", &[&last]).unwrap();
     let r = tx.query_one("select valid, first_bad_seq, problem from quantops.verify_audit('flow_runs')", &[]).unwrap();
     assert!(!r.get::<_, bool>(0));
@@ -492,7 +493,7 @@ fn every_error_class_has_its_sqlstate_and_loses_nothing() {
         ("hostile metric", Who::Postgres, "select quantops.configure(dims => 384, metric => 'cosine); drop table quantops.jobs; --')".into(), "22023", "unknown metric"),
         ("configure without rights", svc.clone(), "select quantops.configure(dims => 384)".into(), "42501", "permission denied"),
         ("wrong dimension", user.clone(), format!("insert into quantops.signal_embeddings (strategy, symbol, as_of, embedding, embedder) values ('s', 'AAPL', now(), '{wrong_dims}', 'x')"), "22000", "expected"),
-        ("NaN in a vector", user.clone(), format!("insert into quantops.signal_embeddings (strategy, symbol, as_of, embedding, embedder) values ('s', 'AAPL', now(), '{nan_vec}', 'x')"), "22P02", "NaN not allowed"),
+        ("NaN in a vector", user.clone(), format!("insert into quantops.signal_embeddings (strategy, symbol, as_of, embedding, embedder) values ('s', 'AAPL', now(), '{nan_vec}', 'x')"), "22000", "NaN not allowed"),
         ("NaN in a series", user.clone(), "insert into quantops.signal_embeddings (strategy, symbol, as_of, series) values ('s', 'AAPL', now(), '{1, NaN}')".into(), "23514", "signal_embeddings_series_check"),
         ("NULL strategy", user.clone(), "insert into quantops.signal_embeddings (strategy, symbol, as_of) values (null, 'AAPL', now())".into(), "23502", "strategy"),
         ("hostile strategy name", user.clone(), "insert into quantops.signal_embeddings (strategy, symbol, as_of) values (E'mom\\n; drop', 'AAPL', now())".into(), "23514", "signal_embeddings_strategy_check"),
@@ -600,7 +601,9 @@ fn worker_runs_due_jobs_and_records_them() {
 fn worker_reloads_settings_on_sighup() {
     let mut c = admin();
     wait_for("the scheduler to be alive", Duration::from_secs(30), || status_alive().then_some(()));
-    c.batch_execute("alter system set quantops.naptime = 1; alter system set quantops.enabled = off; select pg_reload_conf()").unwrap();
+    for sql in ["alter system set quantops.naptime = 1", "alter system set quantops.enabled = off", "select pg_reload_conf()"] {
+        c.batch_execute(sql).unwrap();
+    }
     let r = std::panic::catch_unwind(|| {
         wait_for("the worker to report enabled = off and naptime 1", Duration::from_secs(30), || {
             let mut c = admin();
@@ -608,7 +611,9 @@ fn worker_reloads_settings_on_sighup() {
             (r.get::<_, String>(0) == "disabled" && r.get::<_, i32>(1) == 1).then_some(())
         })
     });
-    c.batch_execute("alter system reset quantops.naptime; alter system reset quantops.enabled; select pg_reload_conf()").unwrap();
+    for sql in ["alter system reset quantops.naptime", "alter system reset quantops.enabled", "select pg_reload_conf()"] {
+        c.batch_execute(sql).unwrap();
+    }
     r.unwrap();
     wait_for("the worker to be running again", Duration::from_secs(30), || {
         let mut c = admin();

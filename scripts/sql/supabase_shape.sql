@@ -1,3 +1,4 @@
+set client_min_messages = warning;
 -- What Supabase's postgres image provides, for a plain PostgreSQL: created only where absent.
 -- Roles, the extensions/auth/storage schemas, auth.uid()/role()/jwt() reading request.jwt.claims
 -- exactly as Supabase's do, and storage.buckets/objects with Supabase's columns.
@@ -24,6 +25,12 @@ $$;
 grant anon, authenticated, service_role to authenticator;
 
 create schema if not exists extensions;
+-- as in Supabase's image: extensions are on these roles' search_path
+alter role postgres set search_path = "$user", public, extensions;
+alter role authenticator set search_path = "$user", public, extensions;
+alter role anon set search_path = "$user", public, extensions;
+alter role authenticated set search_path = "$user", public, extensions;
+alter role service_role set search_path = "$user", public, extensions;
 grant usage on schema extensions to anon, authenticated, service_role;
 alter default privileges in schema extensions grant execute on functions to anon, authenticated, service_role;
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The demo: a local Supabase-shaped cluster with quantops, the research platform's data applied by
+# the real Supabase CLI (migrations + seed), one maintenance cycle, and a readable report.
+# Installs what it needs first (idempotent). Re-running starts again from a reset database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$HOME/.cargo/bin:$PATH
+bash scripts/bootstrap.sh
+echo "[demo] building and installing quantops"
+bash scripts/install.sh
+bash scripts/cluster.sh start
+URL=$(bash scripts/cluster.sh url)
+echo "[demo] supabase db reset: migrations and seed through the Supabase CLI"
+tools/node_modules/.bin/supabase db reset --db-url "$URL" --yes 2>&1 | sed 's/^/[supabase] /'
+echo "[demo] waiting for the quantops scheduler worker"
+for _ in $(seq 1 30); do
+  alive=$(bash scripts/cluster.sh psql -At -c "select coalesce((quantops.status()->'workers'->0->>'alive')::bool, false)")
+  [ "$alive" = t ] && break
+  sleep 1
+done
+bash scripts/cluster.sh psql -X -q -v ON_ERROR_STOP=1 -P pager=off -f scripts/sql/demo.sql
