@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local PostgreSQL 15 cluster shaped like Supabase's, in .cluster/ of this project.
-#   scripts/cluster.sh init|start|stop|restart|reset|status|psql [args]|url|kill-worker
+#   scripts/cluster.sh init|start|stop|restart|reset|status|psql [args]|url|prepare
 # Runs as the postgres user (never root), on 127.0.0.1:$QUANTOPS_PORT (default 55432; never 5432,
 # 54322 or 54320, which the Supabase CLI treats as its own), with
 # shared_preload_libraries = 'quantops,pg_cron'. Idempotent: init and start skip what is done.
@@ -76,6 +76,7 @@ stop() {
 
 case "${1:-status}" in
   init) init ;;
+  prepare) ensure_traversable ;;
   start) start ;;
   stop) stop "${2:-fast}" ;;
   restart) stop; start ;;

@@ -19,7 +19,7 @@ from quantops.backtest_results group by strategy order by avg_sharpe desc;
 \echo
 \echo '-- 2. A maintenance cycle -------------------------------------------------------'
 \echo 'a flow announces itself, the audit job runs, the flow reports back:'
-select quantops.log_flow_run('scheduled-backtest-runner', run_id => 'dddddddd-0000-4000-8000-00000000d3m0',
+select quantops.log_flow_run('scheduled-backtest-runner', run_id => 'dddddddd-0000-4000-8000-00000000de00',
        parameters => '{"window": "2025", "service_role_key": "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl"}') as flow_run_id \gset
 select quantops.run_job('verify-audit') ->> 'status' as verify_audit_job;
 select quantops.log_flow_run('scheduled-backtest-runner', phase => 'finish', run_id => :'flow_run_id',
