@@ -5,8 +5,10 @@ pgrx::pg_module_magic!(name, version);
 
 pub mod audit;
 pub mod config;
+pub mod embedding;
 pub mod error;
 pub mod gucs;
+pub mod hash;
 pub mod jobs;
 pub mod spi;
 pub mod workers;
