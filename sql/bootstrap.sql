@@ -363,6 +363,11 @@ begin
     execute 'grant select, insert, update, delete on quantops.signal_embeddings, quantops.signal_embeddings_archive, quantops.backtest_results to service_role';
     execute 'grant select, update on quantops.jobs to service_role';
     execute 'grant select on quantops.job_runs, quantops.workers, quantops.audit_log, quantops.audit_heads, quantops.settings to service_role';
+    execute 'grant select on quantops.embedders, quantops.embedding_queue, quantops.embedding_failures, '
+      'quantops.signal_embedding_history, quantops.embedding_status to service_role';
+  end if;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
+    execute 'grant select on quantops.signal_embedding_history to authenticated';
   end if;
   -- functions: EXECUTE was revoked from PUBLIC in finalize.sql; each role gets what it needs.
   -- anon may ask who it is (NULL), so RLS policies that call uid() fail on the table, not on uid()
@@ -373,12 +378,17 @@ begin
     continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
     execute pg_catalog.format('grant execute on function quantops.uid(), quantops._finite(double precision), '
       'quantops._finite_array(double precision[]), quantops.redact_secrets(jsonb), '
-      'quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text) to %I', r);
+      'quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text), '
+      'quantops.embedding_asof(bigint, timestamptz) to %I', r);
   end loop;
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
     execute 'grant execute on function quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb), '
       'quantops.verify_audit(text), quantops._audit_payload(quantops.audit_log), quantops.status(), '
-      'quantops.run_job(text) to service_role';
+      'quantops.run_job(text), '
+      'quantops.register_embedder(text, text, integer, jsonb, boolean), quantops.set_embedder(text, integer), '
+      'quantops.refresh_embeddings(bigint, bigint, bigint), quantops.sweep_embeddings(), '
+      'quantops.retry_failed(text, text), '
+      'quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[]) to service_role';
   end if;
 end
 $$;

@@ -7,6 +7,7 @@ use std::ffi::CString;
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static NAPTIME_S: GucSetting<i32> = GucSetting::<i32>::new(10);
+static EMBEDDING_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -35,6 +36,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_string_guc(
+        c"quantops.embedding_api_key",
+        c"API key for the http embedder's provider (superuser-only; never shown to others).",
+        c"Set it in postgresql.conf or a conf.d file, not with ALTER SYSTEM in a logged session; or name a Supabase Vault secret in the embedder's params (api_key_secret).",
+        &EMBEDDING_API_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+    );
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"quantops".as_ptr()) };
 }
 
@@ -52,4 +61,9 @@ pub fn database() -> String {
 
 pub fn naptime() -> std::time::Duration {
     std::time::Duration::from_secs(NAPTIME_S.get().max(1) as u64)
+}
+
+/// The provider's API key, if set. Only the worker (a superuser process) reads it.
+pub fn embedding_api_key() -> Option<String> {
+    EMBEDDING_API_KEY.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty())
 }

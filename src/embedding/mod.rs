@@ -1,1 +1,6 @@
+//! Embedding refresh: exact staleness, built-in embedders, an HTTP provider called from the
+//! worker, retries and dead letters, history for as-of reads.
 pub mod core;
+pub mod http;
+pub mod sql;
+pub mod worker;

@@ -52,6 +52,19 @@ pub fn execute(job: &str) -> Result<JobOutcome, String> {
                 Err(format!("audit chain verification failed: {}", bad.join("; ")))
             }
         }
+        "refresh-embeddings" => {
+            let (e, vt) = crate::embedding::sql::builtin_active().map_err(|e| e.to_string())?;
+            let b = crate::embedding::sql::drain(&e, &vt, 100_000, std::time::Duration::from_secs(60), 2000, || {});
+            Ok(JobOutcome {
+                rows: b.done,
+                details: json!({ "embedder": e.name, "version": e.version, "done": b.done,
+                                 "unchanged": b.unchanged, "failed": b.failed }),
+            })
+        }
+        "sweep-embeddings" => match crate::embedding::sql::active().map_err(|e| e.to_string())? {
+            Some(e) => Ok(JobOutcome { rows: crate::embedding::sql::sweep(&e), details: json!({ "embedder": e.name }) }),
+            None => Ok(JobOutcome { rows: 0, details: json!({ "embedder": null }) }),
+        },
         other => Err(format!("job \"{other}\" has no implementation in this version of quantops")),
     }
 }

@@ -1,9 +1,15 @@
 //! Background workers. Registered only when quantops is loaded through shared_preload_libraries.
 pub mod scheduler;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// The scheduler's pid, in shared memory, so any backend can set its latch.
+static SCHEDULER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_scheduler_pid") };
 
 /// True in every process of a server that loaded quantops through shared_preload_libraries
 /// (the postmaster sets it in _PG_init and its children inherit it).
@@ -11,7 +17,52 @@ pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
+#[allow(unexpected_cfgs)]
 pub fn register() {
     PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(SCHEDULER_PID);
     scheduler::register();
+}
+
+pub fn set_scheduler_pid(pid: i32) {
+    if preloaded() {
+        SCHEDULER_PID.get().store(pid, Ordering::SeqCst);
+    }
+}
+
+/// Sets the scheduler's latch now, if it runs.
+pub fn wake_now() {
+    if !preloaded() {
+        return;
+    }
+    let pid = SCHEDULER_PID.get().load(Ordering::SeqCst);
+    if pid <= 0 {
+        return;
+    }
+    unsafe {
+        let proc_ = pg_sys::BackendPidGetProc(pid);
+        if !proc_.is_null() {
+            pg_sys::SetLatch(&raw mut (*proc_).procLatch);
+        }
+    }
+}
+
+thread_local! {
+    static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes the scheduler when this transaction commits (once, however many rows it enqueued), so
+/// new work is seen at once instead of after the naptime. Nothing happens on abort.
+pub fn wake_at_commit() {
+    if !preloaded() || WAKE_PENDING.with(|w| w.get()) {
+        return;
+    }
+    WAKE_PENDING.with(|w| w.set(true));
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
+        WAKE_PENDING.with(|w| w.set(false));
+        wake_now();
+    });
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, || {
+        WAKE_PENDING.with(|w| w.set(false));
+    });
 }

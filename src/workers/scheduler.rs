@@ -23,7 +23,7 @@ pub fn register() {
 
 /// Runs `f` in its own transaction. A Postgres ERROR (or a Rust panic) inside is caught, the
 /// transaction aborted, and the message returned, so the worker lives on to record it.
-fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Result<R, String> {
+pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Result<R, String> {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -89,6 +89,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     log!("{NAME} started in database \"{db}\"");
+    crate::workers::set_scheduler_pid(unsafe { pg_sys::MyProcPid });
     let started: String = in_transaction(|| Spi::get_one::<String>("select pg_catalog.now()::text").ok().flatten())
         .ok()
         .flatten()
@@ -131,6 +132,10 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
             let Ok(Some(job)) = in_transaction(claim_due_job) else { break };
             run_one(&job);
         }
+        // the embedding queue: drained continuously, woken at once when work is committed
+        if !BackgroundWorker::sigterm_received() {
+            crate::embedding::worker::drain();
+        }
     }
     // leave a truthful record on the way out
     let _ = in_transaction(|| {
@@ -140,6 +145,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
             &[NAME.into()],
         )
     });
+    crate::workers::set_scheduler_pid(0);
     log!("{NAME} stopped");
 }
 

@@ -1,0 +1,135 @@
+//! An OpenAI-compatible `/v1/embeddings` client (OpenAI, Ollama, vLLM and TEI speak it).
+//! No Postgres here: the worker calls it between transactions, never inside one.
+
+use super::core::{check_provider_vectors, classify_status, RowError};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub struct Provider {
+    pub url: String,
+    pub model: String,
+    pub dims: usize,
+    pub send_dimensions: bool,
+    pub timeout: Duration,
+    /// never logged, never stored in a table
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("url", &self.url).field("model", &self.model).finish_non_exhaustive()
+    }
+}
+
+/// One request for a batch of inputs: the vectors in input order, or why not.
+pub fn embed(p: &Provider, inputs: &[String]) -> Result<Vec<Vec<f32>>, RowError> {
+    let agent = ureq::AgentBuilder::new().timeout(p.timeout).build();
+    let mut body = json!({ "model": p.model, "input": inputs, "encoding_format": "float" });
+    if p.send_dimensions {
+        body["dimensions"] = json!(p.dims);
+    }
+    let mut req = agent.post(&p.url).set("Content-Type", "application/json");
+    if let Some(k) = &p.api_key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let resp = match req.send_string(&body.to_string()) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let retry_after = r.header("Retry-After").map(String::from);
+            let text = r.into_string().unwrap_or_default();
+            return Err(classify_status(code, &text, retry_after.as_deref()));
+        }
+        Err(ureq::Error::Transport(t)) => {
+            return Err(RowError::Retryable { msg: format!("provider unreachable: {}", t.kind()), retry_after_ms: None });
+        }
+    };
+    let text = resp
+        .into_string()
+        .map_err(|e| RowError::Retryable { msg: format!("reading the provider's answer failed: {e}"), retry_after_ms: None })?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| RowError::Permanent(format!("provider returned invalid json (NaN is not json): {e}")))?;
+    let data = v["data"].as_array().ok_or_else(|| RowError::Permanent("provider's answer has no data array".into()))?;
+    let mut out: Vec<(usize, Vec<f32>)> = Vec::with_capacity(data.len());
+    for (pos, d) in data.iter().enumerate() {
+        let idx = d["index"].as_u64().map(|i| i as usize).unwrap_or(pos);
+        let emb = d["embedding"]
+            .as_array()
+            .ok_or_else(|| RowError::Permanent("provider's answer has an item without an embedding".into()))?;
+        let vec: Option<Vec<f32>> = emb.iter().map(|x| x.as_f64().map(|f| f as f32)).collect();
+        out.push((idx, vec.ok_or_else(|| RowError::Permanent("provider returned a non-numeric value".into()))?));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    let vectors: Vec<Vec<f32>> = out.into_iter().map(|(_, v)| v).collect();
+    check_provider_vectors(&vectors, inputs.len(), p.dims)?;
+    Ok(vectors)
+}
+
+/// Embeds a batch, splitting it on a permanent error until the bad inputs are isolated, so one
+/// bad row never blocks the rest. A retryable error applies to every input of the request.
+pub fn embed_split(p: &Provider, inputs: &[String]) -> Vec<Result<Vec<f32>, RowError>> {
+    split_with(inputs, &|chunk| embed(p, chunk))
+}
+
+/// The splitting strategy, independent of the transport (unit-tested with a fake).
+pub fn split_with(inputs: &[String], call: &dyn Fn(&[String]) -> Result<Vec<Vec<f32>>, RowError>) -> Vec<Result<Vec<f32>, RowError>> {
+    if inputs.is_empty() {
+        return Vec::new();
+    }
+    match call(inputs) {
+        Ok(vs) => vs.into_iter().map(Ok).collect(),
+        Err(e @ RowError::Retryable { .. }) => inputs.iter().map(|_| Err(e.clone())).collect(),
+        Err(e @ RowError::Permanent(_)) if inputs.len() == 1 => vec![Err(e)],
+        Err(RowError::Permanent(_)) => {
+            let (a, b) = inputs.split_at(inputs.len() / 2);
+            let mut out = split_with(a, call);
+            out.extend(split_with(b, call));
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_bad_row_is_isolated_with_few_calls() {
+        let calls = Cell::new(0);
+        let inputs: Vec<String> = (0..16).map(|i| if i == 11 { "bad".into() } else { format!("ok{i}") }).collect();
+        let out = split_with(&inputs, &|chunk: &[String]| {
+            calls.set(calls.get() + 1);
+            if chunk.iter().any(|s| s == "bad") {
+                Err(RowError::Permanent("provider answered 400: bad input".into()))
+            } else {
+                Ok(chunk.iter().map(|_| vec![1.0]).collect())
+            }
+        });
+        assert_eq!(out.len(), 16);
+        assert!(out.iter().enumerate().all(|(i, r)| r.is_ok() == (i != 11)));
+        // 1 + 2 + 2 + 2 + 2 = 9 requests for 16 rows and one bad row (log2 depth)
+        assert_eq!(calls.get(), 9);
+    }
+
+    #[test]
+    fn a_retryable_error_applies_to_the_whole_request() {
+        let inputs: Vec<String> = vec!["a".into(), "b".into()];
+        let out = split_with(&inputs, &|_| Err(RowError::Retryable { msg: "429".into(), retry_after_ms: Some(1000) }));
+        assert!(out.iter().all(|r| matches!(r, Err(RowError::Retryable { .. }))));
+    }
+
+    #[test]
+    fn unreachable_provider_is_retryable() {
+        let p = Provider {
+            url: "http://127.0.0.1:9/v1/embeddings".into(),
+            model: "m".into(),
+            dims: 3,
+            send_dimensions: false,
+            timeout: Duration::from_millis(500),
+            api_key: Some("sk-secret-never-printed".into()),
+        };
+        let e = embed(&p, &["x".into()]).unwrap_err();
+        assert_eq!(e.class(), "retryable");
+        assert!(!format!("{e:?} {p:?}").contains("sk-secret"), "the key leaked into an error or debug output");
+    }
+}

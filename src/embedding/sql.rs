@@ -1,0 +1,599 @@
+//! The embedding refresh's SQL surface: register and activate embedders, refresh, sweep, retry,
+//! and the batch step that the scheduler worker runs in its own transactions.
+
+use super::core::{self as emb, Embedded, Embedder, SignalInput};
+use crate::error::SqlError;
+use crate::spi::{run, vector_schema};
+use crate::{audit, sql_error};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::json;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddingError {
+    #[error("{0} must not be null")]
+    Null(&'static str),
+    #[error("invalid embedder: {0}")]
+    Invalid(String),
+    #[error("embedder \"{0}\" does not exist")]
+    Unknown(String),
+    #[error("embedder \"{name}\" version {version} does not exist")]
+    UnknownVersion { name: String, version: i32 },
+    #[error("no embedder is active")]
+    NoneActive,
+    #[error("embedder \"{0}\" is an http embedder")]
+    HttpInSql(String),
+    #[error("embedder dims {dims} do not match the configured dims ({})", configured.map(|c| c.to_string()).unwrap_or_else(|| "none".into()))]
+    Dims { dims: i32, configured: Option<i32> },
+    #[error("invalid {what}: {why}")]
+    Argument { what: &'static str, why: String },
+}
+
+impl SqlError for EmbeddingError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            EmbeddingError::Null(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            EmbeddingError::Invalid(_) | EmbeddingError::Argument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => ERRCODE_UNDEFINED_OBJECT,
+            EmbeddingError::NoneActive | EmbeddingError::HttpInSql(_) | EmbeddingError::Dims { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+        }
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            EmbeddingError::HttpInSql(_) => Some(
+                "an http provider is called only from the scheduler worker, never inside an open transaction".into(),
+            ),
+            _ => None,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            EmbeddingError::NoneActive => {
+                Some("register one with quantops.register_embedder(..., activate => true)".into())
+            }
+            EmbeddingError::HttpInSql(_) => Some(
+                "put quantops in shared_preload_libraries; the worker drains the queue (see quantops.embedding_status)".into(),
+            ),
+            EmbeddingError::Dims { .. } => Some("run quantops.configure(dims => ...) first, or register the embedder with the configured dims".into()),
+            EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => {
+                Some("see select name, version, kind, active from quantops.embedders".into())
+            }
+            _ => None,
+        }
+    }
+}
+sql_error!(EmbeddingError);
+
+thread_local! {
+    /// Embedder versions never change, so a backend may keep what it parsed.
+    static CACHE: RefCell<HashMap<(String, i32), Embedder>> = RefCell::new(HashMap::new());
+}
+
+fn load(name: &str, version: i32) -> Result<Embedder, EmbeddingError> {
+    if let Some(e) = CACHE.with(|c| c.borrow().get(&(name.to_string(), version)).cloned()) {
+        return Ok(e);
+    }
+    let row = Spi::connect(|c| {
+        let t = c
+            .select(
+                "select kind, dims, params from quantops.embedders where name = $1 and version = $2",
+                None,
+                &[name.into(), version.into()],
+            )
+            .ok()?;
+        let r = t.first();
+        Some((r.get::<String>(1).ok()??, r.get::<i32>(2).ok()??, r.get::<JsonB>(3).ok()??))
+    });
+    let (kind, dims, params) = row.ok_or_else(|| EmbeddingError::UnknownVersion { name: name.into(), version })?;
+    let e = Embedder::parse(name, version, &kind, dims, &params.0).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
+    CACHE.with(|c| c.borrow_mut().insert((name.to_string(), version), e.clone()));
+    Ok(e)
+}
+
+/// The active embedder, if any.
+pub fn active() -> Result<Option<Embedder>, EmbeddingError> {
+    let (name, version): (Option<String>, Option<i32>) =
+        Spi::get_two("select name, version from quantops.embedders where active").unwrap_or((None, None));
+    match (name, version) {
+        (Some(n), Some(v)) => load(&n, v).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn configured_dims() -> Option<i32> {
+    Spi::get_one("select embedding_dims from quantops.settings").ok().flatten()
+}
+
+/// Registers the next version of an embedder (version 1 for a new name). Returns the version.
+#[pg_extern]
+fn register_embedder(
+    name: Option<&str>,
+    kind: Option<&str>,
+    dims: Option<i32>,
+    params: default!(Option<JsonB>, "'{}'"),
+    activate: default!(Option<bool>, "false"),
+) -> Result<i32, ErrorReport> {
+    let started = Instant::now();
+    let name = name.ok_or(EmbeddingError::Null("name"))?;
+    let kind = kind.ok_or(EmbeddingError::Null("kind"))?;
+    let dims = dims.ok_or(EmbeddingError::Null("dims"))?;
+    let params = params.map(|p| p.0).unwrap_or_else(|| json!({}));
+    if !name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(EmbeddingError::Argument {
+            what: "name",
+            why: format!("\"{name}\" must be 1 to 63 of a-z, 0-9, _ and -, starting with a letter"),
+        }
+        .into());
+    }
+    if params.to_string().contains("api_key\"") && !params.get("api_key_secret").is_some() {
+        return Err(EmbeddingError::Argument {
+            what: "params",
+            why: "an API key never goes into a readable table".into(),
+        }
+        .into());
+    }
+    Embedder::parse(name, 1, kind, dims, &params).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
+    let configured = configured_dims();
+    if configured != Some(dims) {
+        return Err(EmbeddingError::Dims { dims, configured }.into());
+    }
+    let version: i32 = Spi::get_one_with_args(
+        "insert into quantops.embedders (name, version, kind, dims, params) \
+         select $1, coalesce(max(version), 0) + 1, $2, $3, $4 from quantops.embedders where name = $1 \
+         returning version",
+        &[name.into(), kind.into(), dims.into(), JsonB(params.clone()).into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| pgrx::error!("quantops: registering embedder \"{name}\" failed"));
+    audit::sql::record_call(
+        "register_embedder",
+        json!({ "name": name, "kind": kind, "dims": dims, "params": params }),
+        Some(json!({ "version": version })),
+        started,
+    );
+    if activate.unwrap_or(false) {
+        activate_embedder(name, version)?;
+    }
+    Ok(version)
+}
+
+fn activate_embedder(name: &str, version: i32) -> Result<i64, EmbeddingError> {
+    let started = Instant::now();
+    load(name, version)?;
+    run("deactivating embedders", "update quantops.embedders set active = false where active and (name, version) <> ($1, $2)", &[name.into(), version.into()]);
+    run("activating the embedder", "update quantops.embedders set active = true where name = $1 and version = $2", &[name.into(), version.into()]);
+    // every row made by another embedder (or none) is stale now; old vectors stay searchable
+    // until the refresh replaces them
+    let n: i64 = Spi::get_one_with_args(
+        "with ins as (insert into quantops.embedding_queue (signal_id) \
+            select id from quantops.signal_embeddings \
+            where embedder is distinct from $1 or embedder_version is distinct from $2::text \
+            on conflict (signal_id) do nothing returning 1) select count(*) from ins",
+        &[name.into(), version.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    audit::sql::record_call("set_embedder", json!({ "name": name, "version": version }), Some(json!({ "enqueued": n })), started);
+    crate::workers::wake_at_commit();
+    Ok(n)
+}
+
+/// Makes an embedder version the configured one (the newest when version is null) and enqueues
+/// every row that another embedder made.
+#[pg_extern]
+fn set_embedder(name: Option<&str>, version: default!(Option<i32>, "NULL")) -> Result<JsonB, ErrorReport> {
+    let name = name.ok_or(EmbeddingError::Null("name"))?;
+    let version = match version {
+        Some(v) => v,
+        None => Spi::get_one_with_args::<i32>("select max(version) from quantops.embedders where name = $1", &[name.into()])
+            .ok()
+            .flatten()
+            .ok_or_else(|| EmbeddingError::Unknown(name.to_string()))?,
+    };
+    let e = load(name, version)?;
+    let configured = configured_dims();
+    if configured != Some(e.dims as i32) {
+        return Err(EmbeddingError::Dims { dims: e.dims as i32, configured }.into());
+    }
+    let n = activate_embedder(name, version)?;
+    Ok(JsonB(json!({ "name": name, "version": version, "kind": e.kind_name(), "enqueued": n })))
+}
+
+/// The input hash of a row under an embedder: what `input_hash` holds once the row is embedded.
+#[pg_extern(stable, parallel_safe)]
+fn embedding_input_hash(
+    name: &str,
+    version: i32,
+    strategy: Option<&str>,
+    symbol: Option<&str>,
+    features: Option<JsonB>,
+    series: Option<Vec<Option<f64>>>,
+    rationale: Option<&str>,
+    tags: Option<Vec<Option<String>>>,
+) -> Result<Option<Vec<u8>>, ErrorReport> {
+    let e = load(name, version)?;
+    let row = SignalInput {
+        strategy: strategy.unwrap_or_default().to_string(),
+        symbol: symbol.unwrap_or_default().to_string(),
+        features: features.map(|j| j.0.to_string()).unwrap_or_else(|| "{}".into()),
+        series: series.map(|s| s.into_iter().flatten().collect()),
+        rationale: rationale.map(String::from),
+        tags: tags.unwrap_or_default().into_iter().flatten().collect(),
+    };
+    Ok(emb::input_hash(&e, &row).ok().map(|h| h.to_vec()))
+}
+
+// ------------------------------------------------------------------------------------------------
+// pgvector datums built directly (no text round trip)
+// ------------------------------------------------------------------------------------------------
+
+pub struct VectorType {
+    oid: pg_sys::Oid,
+    array_oid: pg_sys::Oid,
+    align: std::ffi::c_char,
+    schema: String,
+}
+
+fn vector_type() -> VectorType {
+    let schema = vector_schema().unwrap_or_else(|| pgrx::error!("quantops: extension \"vector\" is not installed"));
+    Spi::connect(|c| {
+        let t = c
+            .select(
+                "select t.oid, t.typarray, t.typalign::text from pg_catalog.pg_type t \
+                 join pg_catalog.pg_extension e on e.extnamespace = t.typnamespace \
+                 where e.extname = 'vector' and t.typname = 'vector'",
+                None,
+                &[],
+            )
+            .expect("looking up the vector type failed");
+        let r = t.first();
+        let align: String = r.get(3).ok().flatten().unwrap_or_else(|| "i".into());
+        VectorType {
+            oid: r.get::<pg_sys::Oid>(1).ok().flatten().expect("vector type"),
+            array_oid: r.get::<pg_sys::Oid>(2).ok().flatten().expect("vector[] type"),
+            align: align.as_bytes()[0] as std::ffi::c_char,
+            schema,
+        }
+    })
+}
+
+/// pgvector's `vector` on disk: varlena header, int16 dim, int16 unused, float4[dim].
+unsafe fn vector_datum(v: &[f32]) -> pg_sys::Datum {
+    let size = 8 + 4 * v.len();
+    unsafe {
+        let p = pg_sys::palloc0(size) as *mut u8;
+        pgrx::set_varsize_4b(p as *mut pg_sys::varlena, size as i32);
+        *(p.add(4) as *mut i16) = v.len() as i16;
+        std::ptr::copy_nonoverlapping(v.as_ptr(), p.add(8) as *mut f32, v.len());
+        pg_sys::Datum::from(p)
+    }
+}
+
+/// A `vector[]` argument for SPI.
+fn vector_array_arg<'a>(vt: &VectorType, vectors: &[Vec<f32>]) -> DatumWithOid<'a> {
+    unsafe {
+        let mut datums: Vec<pg_sys::Datum> = vectors.iter().map(|v| vector_datum(v)).collect();
+        let arr = pg_sys::construct_array(datums.as_mut_ptr(), datums.len() as i32, vt.oid, -1, false, vt.align);
+        DatumWithOid::new(pg_sys::Datum::from(arr), vt.array_oid)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// One batch: pick, embed in parallel, write back, dequeue. Used by SQL and by the worker.
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchOutcome {
+    pub picked: i64,
+    pub done: i64,
+    pub unchanged: i64,
+    pub failed: i64,
+}
+
+fn read_input(t: &pgrx::spi::SpiHeapTupleData, first: usize) -> SignalInput {
+    SignalInput {
+        strategy: t.get::<String>(first).ok().flatten().unwrap_or_default(),
+        symbol: t.get::<String>(first + 1).ok().flatten().unwrap_or_default(),
+        features: t.get::<String>(first + 2).ok().flatten().unwrap_or_else(|| "{}".into()),
+        series: t.get::<Vec<Option<f64>>>(first + 3).ok().flatten().map(|s| s.into_iter().flatten().collect()),
+        rationale: t.get::<String>(first + 4).ok().flatten(),
+        tags: t.get::<Vec<Option<String>>>(first + 5).ok().flatten().unwrap_or_default().into_iter().flatten().collect(),
+    }
+}
+
+/// Refreshes one batch of ready queue rows with a built-in embedder, in the current transaction.
+/// Rows are taken with FOR UPDATE SKIP LOCKED, so concurrent callers never take the same row.
+pub fn refresh_batch(e: &Embedder, vt: &VectorType, batch_size: i64) -> BatchOutcome {
+    let picked: Vec<(i64, i32, SignalInput, Option<Vec<u8>>, bool)> = Spi::connect(|c| {
+        c.select(
+            "select q.signal_id, q.attempts, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
+                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text) \
+             from quantops.embedding_queue q join quantops.signal_embeddings s on s.id = q.signal_id \
+             where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
+             order by q.enqueued_at, q.signal_id limit $3 \
+             for update of q skip locked",
+            None,
+            &[e.name.as_str().into(), e.version.into(), batch_size.into()],
+        )
+        .expect("reading the embedding queue failed")
+        .map(|t| {
+            (
+                t.get::<i64>(1).ok().flatten().unwrap_or(0),
+                t.get::<i32>(2).ok().flatten().unwrap_or(0),
+                read_input(&t, 3),
+                t.get::<Vec<u8>>(9).ok().flatten(),
+                t.get::<bool>(10).ok().flatten().unwrap_or(true),
+            )
+        })
+        .collect()
+    });
+    let mut out = BatchOutcome { picked: picked.len() as i64, ..Default::default() };
+    if picked.is_empty() {
+        return out;
+    }
+    let rows: Vec<(SignalInput, Option<Vec<u8>>, bool)> =
+        picked.iter().map(|(_, _, r, h, f)| (r.clone(), h.clone(), *f)).collect();
+    let results: Vec<Embedded> = emb::embed_batch(e, &rows);
+
+    let (mut ids, mut vecs, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut dequeue = Vec::new();
+    let (mut f_ids, mut f_hash, mut f_err, mut f_att) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((id, attempts, ..), r) in picked.iter().zip(results) {
+        match (r.hash, r.vector) {
+            (Ok(_), None) => {
+                out.unchanged += 1;
+                dequeue.push(*id);
+            }
+            (Ok(h), Some(Ok(v))) => {
+                ids.push(*id);
+                vecs.push(v);
+                hashes.push(h.to_vec());
+                dequeue.push(*id);
+            }
+            (h, Some(Err(err))) => {
+                f_ids.push(*id);
+                f_hash.push(h.ok().map(|x| x.to_vec()));
+                f_err.push(err.message().to_string());
+                f_att.push(attempts + 1);
+            }
+            (Err(err), _) => {
+                f_ids.push(*id);
+                f_hash.push(None);
+                f_err.push(err.message().to_string());
+                f_att.push(attempts + 1);
+            }
+        }
+    }
+    if !ids.is_empty() {
+        write_embeddings(e, vt, &ids, &vecs, &hashes);
+        out.done = ids.len() as i64;
+    }
+    if !f_ids.is_empty() {
+        // built-in embedders are deterministic: a failure is permanent, dead-letter at once
+        dead_letter(e, &f_ids, &f_hash, &f_err, &f_att, "permanent");
+        out.failed = f_ids.len() as i64;
+    }
+    if !dequeue.is_empty() {
+        run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[dequeue.into()]);
+    }
+    out
+}
+
+/// Writes embeddings, keeping each replaced one in the history.
+pub fn write_embeddings(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<f32>], hashes: &[Vec<u8>]) {
+    run(
+        "keeping the previous embeddings",
+        "insert into quantops.signal_embedding_history \
+           (signal_id, owner, embedding, embedder, embedder_version, input_hash, valid_from, valid_to) \
+         select s.id, s.owner, s.embedding, s.embedder, s.embedder_version, s.input_hash, \
+                coalesce(s.embedded_at, s.created_at), pg_catalog.now() \
+         from quantops.signal_embeddings s where s.id = any($1) and s.embedding is not null \
+         on conflict do nothing",
+        &[ids.to_vec().into()],
+    );
+    let sql = format!(
+        "update quantops.signal_embeddings s set embedding = u.e, input_hash = u.h, embedder = $4, \
+           embedder_version = $5, embedded_at = pg_catalog.now() \
+         from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::{}.vector[]), pg_catalog.unnest($3::bytea[])) as u(id, e, h) where s.id = u.id",
+        vt.schema
+    );
+    run(
+        "writing embeddings",
+        &sql,
+        &[
+            ids.to_vec().into(),
+            vector_array_arg(vt, vecs),
+            hashes.to_vec().into(),
+            e.name.as_str().into(),
+            e.version.to_string().into(),
+        ],
+    );
+}
+
+/// Moves rows to the dead-letter table and out of the queue.
+pub fn dead_letter(e: &Embedder, ids: &[i64], hashes: &[Option<Vec<u8>>], errors: &[String], attempts: &[i32], class: &str) {
+    run(
+        "dead-lettering",
+        "insert into quantops.embedding_failures as f \
+           (signal_id, embedder, embedder_version, input_hash, error_class, error, attempts, first_failed_at, last_tried_at) \
+         select u.id, $5, $6, u.h, $7, u.err, u.att, pg_catalog.now(), pg_catalog.now() \
+         from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::int[])) as u(id, h, err, att) \
+         on conflict (signal_id) do update set embedder = excluded.embedder, embedder_version = excluded.embedder_version, \
+           input_hash = excluded.input_hash, error_class = excluded.error_class, error = excluded.error, \
+           attempts = excluded.attempts, last_tried_at = excluded.last_tried_at",
+        &[
+            ids.to_vec().into(),
+            hashes.to_vec().into(),
+            errors.to_vec().into(),
+            attempts.to_vec().into(),
+            e.name.as_str().into(),
+            e.version.into(),
+            class.into(),
+        ],
+    );
+    run("dequeuing dead letters", "delete from quantops.embedding_queue where signal_id = any($1)", &[ids.to_vec().into()]);
+}
+
+/// Rows ready to embed now (not leased, not backing off).
+pub fn ready_count() -> i64 {
+    Spi::get_one(
+        "select count(*) from quantops.embedding_queue \
+         where next_try_at <= pg_catalog.now() and (lease_until is null or lease_until < pg_catalog.now())",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+pub fn backlog() -> i64 {
+    Spi::get_one("select count(*) from quantops.embedding_queue").ok().flatten().unwrap_or(0)
+}
+
+pub fn builtin_active() -> Result<(Embedder, VectorType), EmbeddingError> {
+    let e = active()?.ok_or(EmbeddingError::NoneActive)?;
+    if !e.is_builtin() {
+        return Err(EmbeddingError::HttpInSql(e.name.clone()));
+    }
+    Ok((e, vector_type()))
+}
+
+/// Recomputes stale embeddings with the active built-in embedder, within a row limit and a
+/// time budget. Returns rows embedded, rows whose inputs had not changed (dequeued, no work),
+/// rows dead-lettered, and the exact backlog left.
+#[pg_extern]
+fn refresh_embeddings(
+    max_rows: default!(Option<i64>, "100000"),
+    time_budget_ms: default!(Option<i64>, "10000"),
+    batch_size: default!(Option<i64>, "2000"),
+) -> Result<
+    TableIterator<'static, (name!(done, i64), name!(unchanged, i64), name!(failed, i64), name!(remaining, i64))>,
+    ErrorReport,
+> {
+    let started = Instant::now();
+    let max_rows = max_rows.ok_or(EmbeddingError::Null("max_rows"))?;
+    let budget = time_budget_ms.ok_or(EmbeddingError::Null("time_budget_ms"))?;
+    let batch = batch_size.ok_or(EmbeddingError::Null("batch_size"))?;
+    for (what, v, lo, hi) in [("max_rows", max_rows, 1, i64::MAX), ("time_budget_ms", budget, 1, 86_400_000), ("batch_size", batch, 1, 100_000)] {
+        if v < lo || v > hi {
+            return Err(EmbeddingError::Argument { what, why: format!("{v} is not between {lo} and {hi}") }.into());
+        }
+    }
+    let (e, vt) = builtin_active()?;
+    let total = drain(&e, &vt, max_rows, Duration::from_millis(budget as u64), batch, || {});
+    let remaining = backlog();
+    audit::sql::record_call(
+        "refresh_embeddings",
+        json!({ "max_rows": max_rows, "time_budget_ms": budget, "batch_size": batch }),
+        Some(json!({ "done": total.done, "unchanged": total.unchanged, "failed": total.failed, "remaining": remaining,
+                     "embedder": e.name, "version": e.version })),
+        started,
+    );
+    Ok(TableIterator::once((total.done, total.unchanged, total.failed, remaining)))
+}
+
+/// Runs batches until the row limit, the time budget or an empty queue. `between` runs after
+/// each batch (the worker commits there).
+pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, batch: i64, mut between: impl FnMut()) -> BatchOutcome {
+    let t0 = Instant::now();
+    let mut total = BatchOutcome::default();
+    while total.picked < max_rows && t0.elapsed() < budget {
+        let b = refresh_batch(e, vt, batch.min(max_rows - total.picked));
+        total.picked += b.picked;
+        total.done += b.done;
+        total.unchanged += b.unchanged;
+        total.failed += b.failed;
+        if b.picked == 0 {
+            break;
+        }
+        between();
+    }
+    total
+}
+
+/// Enqueues every stale row that is not queued: no embedding, another embedder, or an input hash
+/// that no longer matches its inputs (a write with triggers off, logical replication). Rows
+/// dead-lettered for the same input stay dead-lettered. Returns the rows enqueued.
+#[pg_extern]
+fn sweep_embeddings() -> Result<i64, ErrorReport> {
+    let started = Instant::now();
+    let e = active()?.ok_or(EmbeddingError::NoneActive)?;
+    let n = sweep(&e);
+    audit::sql::record_call("sweep_embeddings", json!({}), Some(json!({ "enqueued": n })), started);
+    Ok(n)
+}
+
+pub fn sweep(e: &Embedder) -> i64 {
+    let n: i64 = Spi::get_one_with_args(
+        "with stale as ( \
+           select s.id, quantops.embedding_input_hash($1, $2, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags) h, \
+                  s.input_hash, s.embedding is null or s.embedder is distinct from $1 \
+                    or s.embedder_version is distinct from $2::text as other \
+           from quantops.signal_embeddings s \
+           where not exists (select 1 from quantops.embedding_queue q where q.signal_id = s.id)), \
+         ins as (insert into quantops.embedding_queue (signal_id) \
+           select st.id from stale st \
+           where (st.other or st.input_hash is distinct from st.h) \
+             and not exists (select 1 from quantops.embedding_failures f where f.signal_id = st.id \
+                             and f.input_hash is not distinct from st.h and f.embedder = $1 and f.embedder_version = $2) \
+           on conflict (signal_id) do nothing returning 1) \
+         select count(*) from ins",
+        &[e.name.as_str().into(), e.version.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    if n > 0 {
+        crate::workers::wake_at_commit();
+    }
+    n
+}
+
+/// Puts dead-lettered rows back in the queue (all, or those of one embedder or error class).
+#[pg_extern]
+fn retry_failed(embedder: default!(Option<&str>, "NULL"), error_class: default!(Option<&str>, "NULL")) -> Result<i64, ErrorReport> {
+    let started = Instant::now();
+    if let Some(c) = error_class {
+        if c != "permanent" && c != "retries_exhausted" {
+            return Err(EmbeddingError::Argument { what: "error_class", why: format!("\"{c}\" is not one of permanent, retries_exhausted") }.into());
+        }
+    }
+    let n: i64 = Spi::get_one_with_args(
+        "with f as (delete from quantops.embedding_failures \
+                    where ($1::text is null or embedder = $1) and ($2::text is null or error_class = $2) returning signal_id), \
+              ins as (insert into quantops.embedding_queue (signal_id) select signal_id from f \
+                      on conflict (signal_id) do update set attempts = 0, next_try_at = '-infinity' returning 1) \
+         select count(*) from ins",
+        &[embedder.into(), error_class.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    audit::sql::record_call("retry_failed", json!({ "embedder": embedder, "error_class": error_class }), Some(json!({ "requeued": n })), started);
+    if n > 0 {
+        crate::workers::wake_at_commit();
+    }
+    Ok(n)
+}
+
+/// Registers a commit-time wake-up of the scheduler worker (called by the enqueue trigger).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _wake_worker() {
+    crate::workers::wake_at_commit();
+}
+
+pub fn vector_type_info() -> VectorType {
+    vector_type()
+}

@@ -1,0 +1,306 @@
+//! The worker's side of the embedding refresh: drain the queue in short transactions. Built-in
+//! embedders run a batch per transaction; the HTTP provider is called between transactions:
+//! lease (commit), call, write back only where the input is still the one leased.
+
+use super::core::{self as emb, Embedder, Kind, RowError};
+use super::http::{embed_split, Provider};
+use super::sql::{self, BatchOutcome};
+use crate::workers::scheduler::in_transaction;
+use crate::{gucs, jobs};
+use pgrx::prelude::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// How long one drain may run before the worker looks at its other duties again.
+const DRAIN_BUDGET: Duration = Duration::from_secs(20);
+
+thread_local! {
+    /// after a failed drain, wait before the next one instead of failing every naptime
+    static PAUSED_UNTIL: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Drains ready work, recording the run in job_runs when there was any. Returns rows handled.
+pub fn drain() -> i64 {
+    if PAUSED_UNTIL.with(|p| p.get()).is_some_and(|t| Instant::now() < t) {
+        return 0;
+    }
+    let Ok(Ok(Some(e))) = in_transaction(sql::active) else { return 0 };
+    let ready = in_transaction(sql::ready_count).unwrap_or(0);
+    if ready == 0 {
+        return 0;
+    }
+    let Ok(run_id) = in_transaction(|| jobs::sql::begin_run("refresh-embeddings", "worker")) else { return 0 };
+    let t0 = Instant::now();
+    let mut total = BatchOutcome::default();
+    let mut error = None;
+    while t0.elapsed() < DRAIN_BUDGET && !pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+        let step = if e.is_builtin() {
+            let e2 = e.clone();
+            in_transaction(move || {
+                let vt = sql::vector_type_info();
+                sql::refresh_batch(&e2, &vt, 2000)
+            })
+        } else {
+            http_step(&e)
+        };
+        match step {
+            Ok(b) => {
+                total.picked += b.picked;
+                total.done += b.done;
+                total.unchanged += b.unchanged;
+                total.failed += b.failed;
+                if b.picked == 0 {
+                    break;
+                }
+            }
+            Err(m) => {
+                error = Some(m);
+                break;
+            }
+        }
+    }
+    let result = match error {
+        None => Ok(jobs::core::JobOutcome {
+            rows: total.done,
+            details: json!({ "embedder": e.name, "version": e.version, "done": total.done,
+                             "unchanged": total.unchanged, "failed": total.failed }),
+        }),
+        Some(m) => {
+            PAUSED_UNTIL.with(|p| p.set(Some(Instant::now() + Duration::from_secs(30))));
+            Err(m)
+        }
+    };
+    let _ = in_transaction(move || jobs::sql::finish_run(run_id, &result));
+    total.picked
+}
+
+fn api_key(e: &Embedder, secret: &Option<String>) -> Option<String> {
+    if let Some(name) = secret {
+        let name = name.clone();
+        let from_vault = in_transaction(move || {
+            let has_vault: bool = Spi::get_one("select pg_catalog.to_regclass('vault.decrypted_secrets') is not null")
+                .ok()
+                .flatten()
+                .unwrap_or(false);
+            if !has_vault {
+                return None;
+            }
+            Spi::get_one_with_args::<String>(
+                "select decrypted_secret from vault.decrypted_secrets where name = $1",
+                &[name.as_str().into()],
+            )
+            .ok()
+            .flatten()
+        });
+        if let Ok(Some(k)) = from_vault {
+            return Some(k);
+        }
+        warning!("quantops: vault secret for embedder \"{}\" not found; using quantops.embedding_api_key", e.name);
+    }
+    gucs::embedding_api_key()
+}
+
+/// One HTTP batch: lease, call the provider outside any transaction, write back.
+fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
+    let Kind::Http(p) = &e.kind else { unreachable!() };
+    let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;
+    let (e1, n, lease) = (e.clone(), p.batch_size as i64, lease_s);
+    // 1. lease a batch and commit: the rows are ours until the lease ends
+    let leased: Vec<(i64, i32, String, Vec<u8>)> = in_transaction(move || lease_batch(&e1, n, lease))?;
+    let mut out = BatchOutcome { picked: leased.len() as i64, ..Default::default() };
+    if leased.is_empty() {
+        return Ok(out);
+    }
+    // 2. call the provider with no transaction open
+    let provider = Provider {
+        url: p.url.clone(),
+        model: p.model.clone(),
+        dims: e.dims,
+        send_dimensions: p.send_dimensions,
+        timeout: Duration::from_millis(p.timeout_ms),
+        api_key: api_key(e, &p.api_key_secret),
+    };
+    let texts: Vec<String> = leased.iter().map(|(_, _, t, _)| t.clone()).collect();
+    let results = embed_split(&provider, &texts);
+    // 3. write back, each row only if its input is still the leased one
+    let e2 = e.clone();
+    let max_attempts = p.max_attempts;
+    let (done, failed) = in_transaction(move || write_back(&e2, &leased, results, max_attempts))?;
+    out.done = done;
+    out.failed = failed;
+    Ok(out)
+}
+
+fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<(i64, i32, String, Vec<u8>)> {
+    let Kind::Http(p) = &e.kind else { unreachable!() };
+    let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool)> = Spi::connect_mut(|c| {
+        c.update(
+            "with picked as ( \
+               select q.signal_id from quantops.embedding_queue q \
+               where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
+               order by q.enqueued_at, q.signal_id limit $3 for update of q skip locked), \
+             leased as ( \
+               update quantops.embedding_queue q set lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => $4), \
+                 leased_by = pg_catalog.pg_backend_pid(), attempts = q.attempts + 1 \
+               from picked where q.signal_id = picked.signal_id returning q.signal_id, q.attempts) \
+             select l.signal_id, l.attempts, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
+                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text) \
+             from leased l join quantops.signal_embeddings s on s.id = l.signal_id",
+            None,
+            &[e.name.as_str().into(), e.version.into(), n.into(), lease_s.into()],
+        )
+        .expect("leasing a batch failed")
+        .map(|t| {
+            (
+                t.get::<i64>(1).ok().flatten().unwrap_or(0),
+                t.get::<i32>(2).ok().flatten().unwrap_or(1),
+                sql_read_input(&t),
+                t.get::<Vec<u8>>(9).ok().flatten(),
+                t.get::<bool>(10).ok().flatten().unwrap_or(true),
+            )
+        })
+        .collect()
+    });
+    let mut leased = Vec::new();
+    let mut unchanged = Vec::new();
+    let (mut ids, mut hashes) = (Vec::new(), Vec::new());
+    for (id, attempts, input, stored, force) in rows {
+        let h = emb::input_hash(e, &input).expect("an http input always hashes").to_vec();
+        if !force && stored.as_deref() == Some(h.as_slice()) {
+            unchanged.push(id);
+            continue;
+        }
+        ids.push(id);
+        hashes.push(h.clone());
+        leased.push((id, attempts, emb::render(&p.template, &input), h));
+    }
+    if !unchanged.is_empty() {
+        crate::spi::run("dequeuing unchanged rows", "delete from quantops.embedding_queue where signal_id = any($1)", &[unchanged.into()]);
+    }
+    if !ids.is_empty() {
+        crate::spi::run(
+            "recording leased hashes",
+            "update quantops.embedding_queue q set leased_hash = u.h from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[])) u(id, h) where q.signal_id = u.id",
+            &[ids.into(), hashes.into()],
+        );
+    }
+    leased
+}
+
+fn sql_read_input(t: &pgrx::spi::SpiHeapTupleData) -> emb::SignalInput {
+    emb::SignalInput {
+        strategy: t.get::<String>(3).ok().flatten().unwrap_or_default(),
+        symbol: t.get::<String>(4).ok().flatten().unwrap_or_default(),
+        features: t.get::<String>(5).ok().flatten().unwrap_or_else(|| "{}".into()),
+        series: t.get::<Vec<Option<f64>>>(6).ok().flatten().map(|s| s.into_iter().flatten().collect()),
+        rationale: t.get::<String>(7).ok().flatten(),
+        tags: t.get::<Vec<Option<String>>>(8).ok().flatten().unwrap_or_default().into_iter().flatten().collect(),
+    }
+}
+
+fn write_back(
+    e: &Embedder,
+    leased: &[(i64, i32, String, Vec<u8>)],
+    results: Vec<Result<Vec<f32>, RowError>>,
+    max_attempts: i32,
+) -> (i64, i64) {
+    let (mut ok_ids, mut ok_vecs, mut ok_hash) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dl_ids, mut dl_hash, mut dl_err, mut dl_att, mut dl_class) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rt_ids, mut rt_delay, mut rt_err) = (Vec::new(), Vec::new(), Vec::new());
+    for ((id, attempts, _, h), r) in leased.iter().zip(results) {
+        match r {
+            Ok(v) => {
+                ok_ids.push(*id);
+                ok_vecs.push(v);
+                ok_hash.push(h.clone());
+            }
+            Err(RowError::Permanent(m)) => {
+                dl_ids.push(*id);
+                dl_hash.push(Some(h.clone()));
+                dl_err.push(m);
+                dl_att.push(*attempts);
+                dl_class.push("permanent");
+            }
+            Err(RowError::Retryable { msg, retry_after_ms }) => {
+                if *attempts >= max_attempts {
+                    dl_ids.push(*id);
+                    dl_hash.push(Some(h.clone()));
+                    dl_err.push(msg);
+                    dl_att.push(*attempts);
+                    dl_class.push("retries_exhausted");
+                } else {
+                    let jitter = (crate::hash::splitmix64(*id as u64, *attempts as u64) >> 11) as f64 / (1u64 << 53) as f64;
+                    rt_ids.push(*id);
+                    rt_delay.push(emb::backoff_ms(*attempts, 500, 60_000, jitter, retry_after_ms) as f64 / 1000.0);
+                    rt_err.push(msg);
+                }
+            }
+        }
+    }
+    let mut done = 0;
+    if !ok_ids.is_empty() {
+        // only rows whose input is still the one leased, and still leased by us
+        let still: Vec<i64> = Spi::connect(|c| {
+            c.select(
+                "select s.id from quantops.signal_embeddings s \
+                 join rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[])) u(id, h) on s.id = u.id \
+                 join quantops.embedding_queue q on q.signal_id = s.id and q.leased_by = pg_catalog.pg_backend_pid() \
+                 where quantops.embedding_input_hash($3, $4, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags) = u.h \
+                 for update of s",
+                None,
+                &[ok_ids.clone().into(), ok_hash.clone().into(), e.name.as_str().into(), e.version.into()],
+            )
+            .expect("checking leased rows failed")
+            .filter_map(|t| t.get::<i64>(1).ok().flatten())
+            .collect()
+        });
+        let keep: std::collections::HashSet<i64> = still.iter().copied().collect();
+        let (mut ids, mut vecs, mut hs, mut stale) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((id, v), h) in ok_ids.into_iter().zip(ok_vecs).zip(ok_hash) {
+            if keep.contains(&id) {
+                ids.push(id);
+                vecs.push(v);
+                hs.push(h);
+            } else {
+                stale.push(id);
+            }
+        }
+        if !ids.is_empty() {
+            let vt = sql::vector_type_info();
+            sql::write_embeddings(e, &vt, &ids, &vecs, &hs);
+            crate::spi::run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[ids.clone().into()]);
+            done = ids.len() as i64;
+        }
+        if !stale.is_empty() {
+            // edited while we were away: stays queued, the attempt does not count
+            crate::spi::run(
+                "releasing stale leases",
+                "update quantops.embedding_queue set lease_until = null, leased_by = null, leased_hash = null, \
+                   attempts = greatest(attempts - 1, 0) where signal_id = any($1)",
+                &[stale.into()],
+            );
+        }
+    }
+    if !rt_ids.is_empty() {
+        crate::spi::run(
+            "scheduling retries",
+            "update quantops.embedding_queue q set lease_until = null, leased_by = null, last_error = u.err, \
+               last_error_class = 'retryable', next_try_at = pg_catalog.now() + pg_catalog.make_interval(secs => u.d) \
+             from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::float8[]), pg_catalog.unnest($3::text[])) u(id, d, err) where q.signal_id = u.id",
+            &[rt_ids.into(), rt_delay.into(), rt_err.into()],
+        );
+    }
+    let failed = dl_ids.len() as i64;
+    for class in ["permanent", "retries_exhausted"] {
+        let idx: Vec<usize> = (0..dl_ids.len()).filter(|i| dl_class[*i] == class).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let ids: Vec<i64> = idx.iter().map(|i| dl_ids[*i]).collect();
+        let hs: Vec<Option<Vec<u8>>> = idx.iter().map(|i| dl_hash[*i].clone()).collect();
+        let errs: Vec<String> = idx.iter().map(|i| dl_err[*i].clone()).collect();
+        let atts: Vec<i32> = idx.iter().map(|i| dl_att[*i]).collect();
+        sql::dead_letter(e, &ids, &hs, &errs, &atts, class);
+    }
+    (done, failed)
+}
