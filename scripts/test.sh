@@ -19,7 +19,8 @@ bash scripts/cluster.sh stop >/dev/null 2>&1 || true
 echo "== tier 1+2: cargo pgrx test (unit tests and #[pg_test])"
 bash scripts/cluster.sh prepare   # the postgres user must reach this folder
 mkdir -p .cache/pgrx-data && chown postgres:postgres .cache/pgrx-data
-cargo pgrx test pg15 --runas postgres --pgdata "$ROOT/.cache/pgrx-data/data" 2>&1 | grep -vE '^\s+(Compiling|Checking|Downloaded|Downloading)' 
+# serial: the #[pg_test]s share one database, and DDL in one test can deadlock with writes in another
+RUST_TEST_THREADS=1 cargo pgrx test pg15 --runas postgres --pgdata "$ROOT/.cache/pgrx-data/data" 2>&1 | grep -vE '^\s+(Compiling|Checking|Downloaded|Downloading)' 
 
 echo "== install the release build into PostgreSQL 15 and start a fresh cluster"
 bash scripts/install.sh

@@ -597,3 +597,153 @@ fn _wake_worker() {
 pub fn vector_type_info() -> VectorType {
     vector_type()
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run("select quantops.configure(dims => 4)").unwrap();
+        Spi::run(
+            "select quantops.register_embedder('feat', 'features', 4, \
+             '{\"features\": [\"a\", \"b\"], \"mean\": [0, 0], \"std\": [1, 1], \"seed\": 1}', activate => true)",
+        )
+        .unwrap();
+        Spi::run(
+            "insert into quantops.signal_embeddings (strategy, symbol, as_of, features, rationale) \
+             select 'pgtest', 'S' || g, now(), jsonb_build_object('a', g, 'b', -g), 'r' from generate_series(1, 10) g",
+        )
+        .unwrap();
+    }
+
+    fn queued() -> i64 {
+        Spi::get_one("select count(*) from quantops.embedding_queue").unwrap().unwrap()
+    }
+
+    fn refresh() -> (i64, i64, i64, i64) {
+        let r: Option<Vec<Option<i64>>> =
+            Spi::get_one("select array[done, unchanged, failed, remaining] from quantops.refresh_embeddings()").unwrap();
+        let r: Vec<i64> = r.unwrap().into_iter().map(|x| x.unwrap()).collect();
+        (r[0], r[1], r[2], r[3])
+    }
+
+    #[pg_test]
+    fn new_rows_are_stale_and_refresh_embeds_them() {
+        setup();
+        assert_eq!(queued(), 10);
+        let (done, unchanged, _, _) = refresh();
+        assert_eq!((done, unchanged), (10, 0));
+        assert_eq!(queued(), 0);
+        let ok: Option<bool> = Spi::get_one(
+            "select bool_and(embedding is not null and embedder = 'feat' and embedder_version = '1' \
+             and input_hash = quantops.embedding_input_hash('feat', 1, strategy, symbol, features, series, rationale, tags)) \
+             from quantops.signal_embeddings where strategy = 'pgtest'",
+        )
+        .unwrap();
+        assert_eq!(ok, Some(true));
+    }
+
+    #[pg_test]
+    fn unrelated_updates_cause_no_work() {
+        setup();
+        refresh();
+        // the features embedder does not read rationale, tags or symbol... nor other features
+        Spi::run("update quantops.signal_embeddings set rationale = 'changed', tags = '{x}' where strategy = 'pgtest'").unwrap();
+        assert_eq!(queued(), 0);
+        Spi::run("update quantops.signal_embeddings set features = features || '{\"unused\": 1}' where strategy = 'pgtest'").unwrap();
+        // enqueued (features changed) but no embedding work: the input hash is the same
+        assert_eq!(queued(), 10);
+        let (done, unchanged, _, remaining) = refresh();
+        assert_eq!((done, unchanged, remaining), (0, 10, 0));
+        let hist: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embedding_history").unwrap();
+        assert_eq!(hist, Some(0));
+    }
+
+    #[pg_test]
+    fn many_updates_coalesce_into_one_unit_of_work() {
+        setup();
+        refresh();
+        for i in 0..5 {
+            Spi::run(&format!(
+                "update quantops.signal_embeddings set features = jsonb_build_object('a', {i} + 100, 'b', 1) where symbol = 'S1'"
+            ))
+            .unwrap();
+        }
+        assert_eq!(queued(), 1);
+        let (done, ..) = refresh();
+        assert_eq!(done, 1);
+        // the replaced embedding is kept for as-of reads
+        let hist: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embedding_history").unwrap();
+        assert_eq!(hist, Some(1));
+    }
+
+    #[pg_test]
+    fn sweep_catches_writes_that_bypassed_the_trigger() {
+        setup();
+        refresh();
+        Spi::run("set local session_replication_role = replica").unwrap();
+        Spi::run("update quantops.signal_embeddings set features = jsonb_build_object('a', 7, 'b', 9) where symbol = 'S2'").unwrap();
+        Spi::run("set local session_replication_role = origin").unwrap();
+        assert_eq!(queued(), 0);
+        let n: Option<i64> = Spi::get_one("select quantops.sweep_embeddings()").unwrap();
+        assert_eq!(n, Some(1));
+        let (done, ..) = refresh();
+        assert_eq!(done, 1);
+        assert_eq!(Spi::get_one::<i64>("select quantops.sweep_embeddings()").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn bad_rows_are_dead_lettered_and_retry_failed_puts_them_back() {
+        setup();
+        Spi::run("update quantops.signal_embeddings set features = '{\"a\": 1}' where symbol = 'S3'").unwrap();
+        let (done, _, failed, remaining) = refresh();
+        assert_eq!((done, failed, remaining), (9, 1, 0));
+        let err: Option<String> = Spi::get_one("select error from quantops.embedding_failures").unwrap();
+        assert_eq!(err.as_deref(), Some("feature \"b\" is missing"));
+        assert_eq!(Spi::get_one::<i64>("select quantops.retry_failed()").unwrap(), Some(1));
+        assert_eq!(queued(), 1);
+        // fixing the input clears the dead letter and embeds it
+        Spi::run("update quantops.signal_embeddings set features = '{\"a\": 1, \"b\": 2}' where symbol = 'S3'").unwrap();
+        let (done, _, failed, _) = refresh();
+        assert_eq!((done, failed), (1, 0));
+        assert_eq!(Spi::get_one::<i64>("select count(*) from quantops.embedding_failures").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn a_new_embedder_version_marks_rows_stale_and_keeps_old_vectors() {
+        setup();
+        refresh();
+        let r: Option<pgrx::JsonB> = Spi::get_one(
+            "select quantops.set_embedder('feat', quantops.register_embedder('feat', 'features', 4, \
+             '{\"features\": [\"a\", \"b\"], \"mean\": [1, 1], \"std\": [2, 2], \"seed\": 1}'))",
+        )
+        .unwrap();
+        assert_eq!(r.unwrap().0["enqueued"], 10);
+        // old vectors stay searchable until replaced
+        let n: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embeddings where embedding is not null and embedder_version = '1'").unwrap();
+        assert_eq!(n, Some(10));
+        let (done, ..) = refresh();
+        assert_eq!(done, 10);
+        let v2: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embeddings where embedder_version = '2'").unwrap();
+        assert_eq!(v2, Some(10));
+        // the version-1 vectors are kept (as-of reads across transactions: tests/embedding.rs)
+        let kept: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embedding_history where embedder_version = '1'").unwrap();
+        assert_eq!(kept, Some(10));
+    }
+
+    #[pg_test(error = "embedder \"feat\" version 1 cannot change")]
+    fn embedder_versions_are_immutable() {
+        setup();
+        Spi::run("update quantops.embedders set params = '{}' where name = 'feat'").unwrap();
+    }
+
+    #[pg_test(error = "invalid embedder: feature \"a\" is named twice")]
+    fn malformed_params_are_refused() {
+        Spi::run("select quantops.configure(dims => 4)").unwrap();
+        Spi::run(
+            "select quantops.register_embedder('x', 'features', 4, '{\"features\": [\"a\", \"a\"], \"mean\": [0, 0], \"std\": [1, 1]}')",
+        )
+        .unwrap();
+    }
+}
