@@ -37,4 +37,5 @@ echo "== upgrade check"
 bash scripts/upgrade_check.sh
 
 echo "== tier 4: integration tests"
+cargo test --features integration --test embedding -- --test-threads=1
 cargo test --features integration --test integration -- --test-threads=1

@@ -43,6 +43,10 @@ fn table_select_rules() -> BTreeMap<&'static str, [See; 3]> {
         ("job_runs", [Denied, Denied, All]),
         ("workers", [Denied, Denied, All]),
         ("audit_heads", [Denied, Denied, All]),
+        ("embedders", [Denied, Denied, All]),
+        ("embedding_queue", [Denied, Denied, All]),
+        ("embedding_failures", [Denied, Denied, All]),
+        ("signal_embedding_history", [Denied, Own, All]),
     ])
 }
 
@@ -213,6 +217,16 @@ fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
         ("verify_audit(text)", [false, false, true]),
         ("status()", [false, false, true]),
         ("run_job(text)", [false, false, true]),
+        ("_embedders_immutable()", [false, false, false]),
+        ("_embedding_enqueue()", [false, false, false]),
+        ("_wake_worker()", [false, false, false]),
+        ("embedding_asof(bigint,timestamp with time zone)", [false, true, true]),
+        ("register_embedder(text,text,integer,jsonb,boolean)", [false, false, true]),
+        ("set_embedder(text,integer)", [false, false, true]),
+        ("refresh_embeddings(bigint,bigint,bigint)", [false, false, true]),
+        ("sweep_embeddings()", [false, false, true]),
+        ("retry_failed(text,text)", [false, false, true]),
+        ("embedding_input_hash(text,integer,text,text,jsonb,double precision[],text,text[])", [false, false, true]),
     ])
 }
 
@@ -274,6 +288,12 @@ fn role_matrix_calls_through_postgrest() {
         ("grant_roles()", "select quantops.grant_roles()"),
         ("_audit_digest(bytea,text)", "select quantops._audit_digest('', 'x')"),
         ("_caller_role()", "select quantops._caller_role()"),
+        ("embedding_asof(bigint,timestamp with time zone)", "select * from quantops.embedding_asof(1, now())"),
+        ("sweep_embeddings()", "select quantops.sweep_embeddings() from (select 1) x where exists (select 1 from quantops.embedders where active)"),
+        ("retry_failed(text,text)", "select quantops.retry_failed('no-such-embedder')"),
+        ("embedding_input_hash(text,integer,text,text,jsonb,double precision[],text,text[])",
+         "select quantops.embedding_input_hash(name, version, 's', 'x', '{}', null, 'r', '{}') from quantops.embedders where active"),
+        ("_wake_worker()", "select quantops._wake_worker()"),
     ];
     let rules = function_rules();
     for who in who_all() {

@@ -410,6 +410,7 @@ pub fn write_embeddings(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<
          from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::{}.vector[]), pg_catalog.unnest($3::bytea[])) as u(id, e, h) where s.id = u.id",
         vt.schema
     );
+    run("clearing old dead letters", "delete from quantops.embedding_failures where signal_id = any($1)", &[ids.to_vec().into()]);
     run(
         "writing embeddings",
         &sql,

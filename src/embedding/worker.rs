@@ -106,7 +106,7 @@ fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
     let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;
     let (e1, n, lease) = (e.clone(), p.batch_size as i64, lease_s);
     // 1. lease a batch and commit: the rows are ours until the lease ends
-    let leased: Vec<(i64, i32, String, Vec<u8>)> = in_transaction(move || lease_batch(&e1, n, lease))?;
+    let leased: Vec<Leased> = in_transaction(move || lease_batch(&e1, n, lease))?;
     let mut out = BatchOutcome { picked: leased.len() as i64, ..Default::default() };
     if leased.is_empty() {
         return Ok(out);
@@ -120,8 +120,19 @@ fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
         timeout: Duration::from_millis(p.timeout_ms),
         api_key: api_key(e, &p.api_key_secret),
     };
-    let texts: Vec<String> = leased.iter().map(|(_, _, t, _)| t.clone()).collect();
-    let results = embed_split(&provider, &texts);
+    // fresh rows in one request (split on a permanent error); earlier failures one by one
+    let fresh: Vec<String> = leased.iter().filter(|l| !l.retry).map(|l| l.text.clone()).collect();
+    let mut fresh_results = embed_split(&provider, &fresh).into_iter();
+    let results: Vec<Result<Vec<f32>, RowError>> = leased
+        .iter()
+        .map(|l| {
+            if l.retry {
+                embed_split(&provider, std::slice::from_ref(&l.text)).pop().expect("one result per input")
+            } else {
+                fresh_results.next().expect("one result per input")
+            }
+        })
+        .collect();
     // 3. write back, each row only if its input is still the leased one
     let e2 = e.clone();
     let max_attempts = p.max_attempts;
@@ -131,23 +142,41 @@ fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
     Ok(out)
 }
 
-fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<(i64, i32, String, Vec<u8>)> {
+/// Rows that failed retryably before are sent one per request, so a row that keeps failing fails
+/// alone and never takes the rows it shared a request with down with it.
+const RETRY_SINGLETONS: i64 = 8;
+
+pub struct Leased {
+    id: i64,
+    attempts: i32,
+    text: String,
+    hash: Vec<u8>,
+    retry: bool,
+}
+
+fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
     let Kind::Http(p) = &e.kind else { unreachable!() };
-    let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool)> = Spi::connect_mut(|c| {
+    let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool, bool)> = Spi::connect_mut(|c| {
         c.update(
             "with picked as ( \
-               select q.signal_id from quantops.embedding_queue q \
-               where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
-               order by q.enqueued_at, q.signal_id limit $3 for update of q skip locked), \
+               (select q.signal_id from quantops.embedding_queue q \
+                where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
+                  and q.last_error_class is null \
+                order by q.enqueued_at, q.signal_id limit $3 for update of q skip locked) \
+               union all \
+               (select q.signal_id from quantops.embedding_queue q \
+                where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
+                  and q.last_error_class is not null \
+                order by q.next_try_at, q.signal_id limit $5 for update of q skip locked)), \
              leased as ( \
                update quantops.embedding_queue q set lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => $4), \
                  leased_by = pg_catalog.pg_backend_pid(), attempts = q.attempts + 1 \
-               from picked where q.signal_id = picked.signal_id returning q.signal_id, q.attempts) \
+               from picked where q.signal_id = picked.signal_id returning q.signal_id, q.attempts, q.last_error_class is not null as retry) \
              select l.signal_id, l.attempts, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
-                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text) \
+                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), l.retry \
              from leased l join quantops.signal_embeddings s on s.id = l.signal_id",
             None,
-            &[e.name.as_str().into(), e.version.into(), n.into(), lease_s.into()],
+            &[e.name.as_str().into(), e.version.into(), n.into(), lease_s.into(), RETRY_SINGLETONS.into()],
         )
         .expect("leasing a batch failed")
         .map(|t| {
@@ -157,6 +186,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<(i64, i32, String, Vec
                 sql_read_input(&t),
                 t.get::<Vec<u8>>(9).ok().flatten(),
                 t.get::<bool>(10).ok().flatten().unwrap_or(true),
+                t.get::<bool>(11).ok().flatten().unwrap_or(false),
             )
         })
         .collect()
@@ -164,7 +194,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<(i64, i32, String, Vec
     let mut leased = Vec::new();
     let mut unchanged = Vec::new();
     let (mut ids, mut hashes) = (Vec::new(), Vec::new());
-    for (id, attempts, input, stored, force) in rows {
+    for (id, attempts, input, stored, force, retry) in rows {
         let h = emb::input_hash(e, &input).expect("an http input always hashes").to_vec();
         if !force && stored.as_deref() == Some(h.as_slice()) {
             unchanged.push(id);
@@ -172,7 +202,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<(i64, i32, String, Vec
         }
         ids.push(id);
         hashes.push(h.clone());
-        leased.push((id, attempts, emb::render(&p.template, &input), h));
+        leased.push(Leased { id, attempts, text: emb::render(&p.template, &input), hash: h, retry });
     }
     if !unchanged.is_empty() {
         crate::spi::run("dequeuing unchanged rows", "delete from quantops.embedding_queue where signal_id = any($1)", &[unchanged.into()]);
@@ -200,14 +230,15 @@ fn sql_read_input(t: &pgrx::spi::SpiHeapTupleData) -> emb::SignalInput {
 
 fn write_back(
     e: &Embedder,
-    leased: &[(i64, i32, String, Vec<u8>)],
+    leased: &[Leased],
     results: Vec<Result<Vec<f32>, RowError>>,
     max_attempts: i32,
 ) -> (i64, i64) {
     let (mut ok_ids, mut ok_vecs, mut ok_hash) = (Vec::new(), Vec::new(), Vec::new());
     let (mut dl_ids, mut dl_hash, mut dl_err, mut dl_att, mut dl_class) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut rt_ids, mut rt_delay, mut rt_err) = (Vec::new(), Vec::new(), Vec::new());
-    for ((id, attempts, _, h), r) in leased.iter().zip(results) {
+    for (l, r) in leased.iter().zip(results) {
+        let (id, attempts, h) = (&l.id, &l.attempts, &l.hash);
         match r {
             Ok(v) => {
                 ok_ids.push(*id);
@@ -240,8 +271,8 @@ fn write_back(
     let mut done = 0;
     if !ok_ids.is_empty() {
         // only rows whose input is still the one leased, and still leased by us
-        let still: Vec<i64> = Spi::connect(|c| {
-            c.select(
+        let still: Vec<i64> = Spi::connect_mut(|c| {
+            c.update(
                 "select s.id from quantops.signal_embeddings s \
                  join rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[])) u(id, h) on s.id = u.id \
                  join quantops.embedding_queue q on q.signal_id = s.id and q.leased_by = pg_catalog.pg_backend_pid() \

@@ -9,11 +9,21 @@ pub fn port() -> u16 {
     std::env::var("QUANTOPS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(55432)
 }
 
+/// Connects, waiting up to 30 s while the server restarts (after a kill -9 the postmaster resets
+/// every backend and replays WAL before it accepts connections again).
 pub fn connect(user: &str) -> Client {
     let url = format!("host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10", port());
-    Client::connect(&url, NoTls).unwrap_or_else(|e| {
-        panic!("cannot connect as {user} to 127.0.0.1:{}: {e}; start the cluster with scripts/cluster.sh start", port())
-    })
+    let t0 = Instant::now();
+    loop {
+        match Client::connect(&url, NoTls) {
+            Ok(c) => return c,
+            Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => panic!("cannot connect as {user} to 127.0.0.1:{}: {e}; start the cluster with scripts/cluster.sh start", port()),
+        }
+    }
 }
 
 pub fn admin() -> Client {

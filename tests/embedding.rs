@@ -1,0 +1,487 @@
+//! Integration tests of the embedding refresh against the cluster of scripts/cluster.sh, with a
+//! fake OpenAI-compatible provider on 127.0.0.1 (tests/fake_provider.py) for the HTTP path.
+//! Single-threaded: the tests switch the active embedder.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const FEATURES: &str = r#"{"features": ["momentum_12_1", "volatility_20d", "zscore_5d", "volume_ratio", "carry"],
+  "mean": [0.1, 0.35, 0, 1.5, 0], "std": [0.17, 0.14, 1.15, 0.58, 0.023], "seed": 42}"#;
+
+struct Fake {
+    child: Child,
+    port: u16,
+}
+
+impl Fake {
+    fn start() -> Fake {
+        let mut child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_provider.py"))
+            .args(["384", "600"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the fake provider");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        Fake { child, port: line.trim().parse().expect("the fake provider prints its port") }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/embeddings", self.port)
+    }
+    fn stats(&self) -> serde_json::Value {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.write_all(b"GET /stats HTTP/1.0\r\n\r\n").unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        serde_json::from_str(buf.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tag() -> String {
+    format!("it-{}", &new_user()[..8])
+}
+
+/// Registers (once) and activates the built-in features embedder used by these tests.
+fn use_features_embedder() -> i32 {
+    let mut c = admin();
+    let v: Option<i32> = c
+        .query_one("select max(version) from quantops.embedders where name = 'it-features'", &[])
+        .unwrap()
+        .get(0);
+    let v = match v {
+        Some(v) => v,
+        None => c
+            .query_one("select quantops.register_embedder('it-features', 'features', 384, $1::text::jsonb)", &[&FEATURES])
+            .unwrap()
+            .get(0),
+    };
+    c.execute("select quantops.set_embedder('it-features', $1)", &[&v]).unwrap();
+    v
+}
+
+/// Puts the features embedder back when a test that switched to http ends, even by a panic, so
+/// the next test does not find the queue pointed at a provider that is gone.
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(use_features_embedder);
+    }
+}
+
+fn use_http_embedder(fake: &Fake, batch: i32, extra: &str) -> i32 {
+    let params = format!(
+        r#"{{"url": "{}", "model": "fake-embed-1", "template": "{{rationale}}", "batch_size": {batch}, {extra}}}"#,
+        fake.url()
+    );
+    let mut c = admin();
+    c.query_one("select quantops.register_embedder('it-http', 'http', 384, $1::text::jsonb, activate => true)", &[&params])
+        .unwrap()
+        .get(0)
+}
+
+fn insert_signals(t: &str, rationales: &[String]) {
+    let mut c = admin();
+    for (i, r) in rationales.iter().enumerate() {
+        c.execute(
+            "insert into quantops.signal_embeddings (strategy, symbol, as_of, features, rationale, owner) \
+             values ($1, 'SYM' || $2::int, now(), \
+               jsonb_build_object('momentum_12_1', 0.01 * $2::int, 'volatility_20d', 0.2, 'zscore_5d', -1 + 0.001 * $2::int, \
+                                  'volume_ratio', 1.1, 'carry', 0.001), $3, $4::text::uuid)",
+            &[&t, &(i as i32), r, &USER_A],
+        )
+        .unwrap();
+    }
+}
+
+/// (embedded by `embedder`, dead-lettered, still queued) among the rows of strategy `t`.
+fn progress(t: &str, embedder: &str) -> (i64, i64, i64) {
+    let mut c = admin();
+    let r = c
+        .query_one(
+            "select count(*) filter (where s.embedder = $2 and not exists (select 1 from quantops.embedding_queue q where q.signal_id = s.id)), \
+                    count(*) filter (where exists (select 1 from quantops.embedding_failures f where f.signal_id = s.id)), \
+                    count(*) filter (where exists (select 1 from quantops.embedding_queue q where q.signal_id = s.id)) \
+             from quantops.signal_embeddings s where s.strategy = $1",
+            &[&t, &embedder],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+fn wait_settled(t: &str, embedder: &str, total: i64, secs: u64) -> (i64, i64) {
+    wait_for(&format!("every row of {t} embedded or dead-lettered"), Duration::from_secs(secs), || {
+        let (done, dead, queued) = progress(t, embedder);
+        (queued == 0 && done + dead == total).then_some((done, dead))
+    })
+}
+
+fn history_rows(t: &str) -> i64 {
+    let mut c = admin();
+    c.query_one(
+        "select count(*) from quantops.signal_embedding_history h join quantops.signal_embeddings s on s.id = h.signal_id where s.strategy = $1",
+        &[&t],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn concurrent_callers_and_the_worker_never_embed_a_row_twice() {
+    use_features_embedder();
+    let t = tag();
+    let mut c = admin();
+    // 4,000 rows at once; the enqueue trigger wakes the worker at commit, and four callers race it
+    c.execute(
+        "insert into quantops.signal_embeddings (strategy, symbol, as_of, features) \
+         select $1, 'S' || g, now(), jsonb_build_object('momentum_12_1', g * 0.0001, 'volatility_20d', 0.3, \
+                'zscore_5d', (g % 7) - 3, 'volume_ratio', 1 + (g % 5) * 0.1, 'carry', 0.01) \
+         from generate_series(1, 4000) g",
+        &[&t],
+    )
+    .unwrap();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let mut done = 0i64;
+                loop {
+                    let r = request(&Who::ServiceRole, "select done, remaining from quantops.refresh_embeddings(batch_size => 100)", &[])
+                        .unwrap();
+                    done += r[0].get::<_, i64>(0);
+                    if r[0].get::<_, i64>(1) == 0 {
+                        break;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let by_callers: i64 = callers.into_iter().map(|h| h.join().unwrap()).sum();
+    let (done, dead) = wait_settled(&t, "it-features", 4000, 60);
+    assert_eq!((done, dead), (4000, 0));
+    // a row embedded twice would have left its first embedding in the history
+    assert_eq!(history_rows(&t), 0, "a row was embedded twice");
+    assert!(by_callers > 0, "the callers took part");
+    // every row's hash is the hash of its inputs
+    let bad: i64 = c
+        .query_one(
+            "select count(*) from quantops.signal_embeddings where strategy = $1 and input_hash is distinct from \
+             quantops.embedding_input_hash(embedder, embedder_version::int, strategy, symbol, features, series, rationale, tags)",
+            &[&t],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0);
+}
+
+#[test]
+fn model_migration_keeps_old_vectors_searchable_and_asof_reads_the_past() {
+    let v1 = use_features_embedder();
+    let t = tag();
+    insert_signals(&t, &(0..20).map(|i| format!("row {i}")).collect::<Vec<_>>());
+    wait_settled(&t, "it-features", 20, 30);
+    let mut c = admin();
+    let before: String = c.query_one("select now()::text", &[]).unwrap().get(0);
+    std::thread::sleep(Duration::from_millis(50));
+    // a new version: every row is stale, and the old vectors stay searchable meanwhile
+    let mut tx = c.transaction().unwrap();
+    let v2: i32 = tx
+        .query_one(
+            "select quantops.register_embedder('it-features', 'features', 384, \
+             jsonb_set($1::text::jsonb, '{seed}', to_jsonb(extract(epoch from now())::bigint)))",
+            &[&FEATURES],
+        )
+        .unwrap()
+        .get(0);
+    let r: serde_json::Value = serde_json::from_str(
+        &tx.query_one("select quantops.set_embedder('it-features', $1)::text", &[&v2]).unwrap().get::<_, String>(0),
+    )
+    .unwrap();
+    assert!(r["enqueued"].as_i64().unwrap() >= 20);
+    let searchable: i64 = tx
+        .query_one(
+            "select count(*) from (select id from quantops.signal_embeddings where strategy = $1 and embedding is not null \
+             order by embedding <=> (select embedding from quantops.signal_embeddings where strategy = $1 limit 1) limit 20) x",
+            &[&t],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(searchable, 20, "old vectors must stay searchable during a migration");
+    tx.commit().unwrap();
+    // the worker replaces them
+    wait_for("the migration to finish", Duration::from_secs(60), || {
+        let mut c = admin();
+        let n: i64 = c
+            .query_one("select count(*) from quantops.signal_embeddings where strategy = $1 and embedder_version = $2::text", &[&t, &v2.to_string()])
+            .unwrap()
+            .get(0);
+        (n == 20).then_some(())
+    });
+    assert_eq!(history_rows(&t), 20);
+    // as of before the migration, each row's embedding is the version-1 one; now it is version 2
+    let rows = c
+        .query(
+            "select (select a.embedder_version from quantops.embedding_asof(s.id, $2::text::timestamptz) a), \
+                    (select a.embedder_version from quantops.embedding_asof(s.id, now()) a) \
+             from quantops.signal_embeddings s where s.strategy = $1",
+            &[&t, &before],
+        )
+        .unwrap();
+    for r in rows {
+        assert_eq!(r.get::<_, Option<String>>(0), Some(v1.to_string()));
+        assert_eq!(r.get::<_, Option<String>>(1), Some(v2.to_string()));
+    }
+    // and before the first embedding there was none: no look-ahead
+    let n: i64 = c
+        .query_one(
+            "select count(*) from quantops.signal_embeddings s, quantops.embedding_asof(s.id, s.created_at - interval '1 day') a where s.strategy = $1",
+            &[&t],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // a user reads only their own history
+    let r = request(&Who::User(USER_B.into()), "select count(*) from quantops.signal_embedding_history h join quantops.signal_embeddings s on s.id = h.signal_id where s.strategy = $1", &[&t]).unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 0);
+    let r = request(&Who::User(USER_A.into()), "select count(*) from quantops.signal_embedding_history h where h.signal_id in (select id from quantops.signal_embeddings where strategy = $1)", &[&t]).unwrap();
+    assert_eq!(r[0].get::<_, i64>(0), 20);
+}
+
+#[test]
+fn http_provider_failures_end_embedded_or_dead_lettered() {
+    let fake = Fake::start();
+    let _restore = Restore;
+    let t = tag();
+    let mut rationales: Vec<String> = (0..24).map(|i| format!("{t} plain {i}")).collect();
+    for m in ["[400]", "[400]", "[baddim]", "[nan]", "[429x2]", "[429x2]", "[500x1]", "[500x1]", "[slowx1]", "[always500]"] {
+        rationales.push(format!("{t} {m} {}", rationales.len()));
+    }
+    insert_signals(&t, &rationales);
+    let v = use_http_embedder(&fake, 8, r#""timeout_ms": 1500, "max_attempts": 3"#);
+    let name = "it-http";
+    let (done, dead) = wait_settled(&t, name, rationales.len() as i64, 120);
+    assert_eq!(done + dead, 34, "no row lost");
+    assert_eq!(dead, 5, "400 x2, baddim, nan, always500 are dead letters; the rest recover");
+    let mut c = admin();
+    let failures = c
+        .query(
+            "select s.rationale, f.error_class, f.error, f.attempts from quantops.embedding_failures f \
+             join quantops.signal_embeddings s on s.id = f.signal_id where s.strategy = $1 order by s.rationale",
+            &[&t],
+        )
+        .unwrap();
+    for f in &failures {
+        let (r, class, err, attempts): (String, String, String, i32) = (f.get(0), f.get(1), f.get(2), f.get(3));
+        if r.contains("[always500]") {
+            assert_eq!((class.as_str(), attempts), ("retries_exhausted", 3), "{r}: {err}");
+            assert!(err.contains("500"), "{err}");
+        } else {
+            assert_eq!(class, "permanent", "{r}: {err}");
+            let expect = if r.contains("[400]") { "400" } else if r.contains("[baddim]") { "383 dimensions, expected 384" } else { "invalid json" };
+            assert!(err.contains(expect), "{r}: {err}");
+        }
+    }
+    // the recovered rows needed more than one attempt, and hold exactly the provider's vector
+    let rows = c
+        .query(
+            "select rationale, embedder_version, input_hash = quantops.embedding_input_hash(embedder, embedder_version::int, strategy, symbol, features, series, rationale, tags) \
+             from quantops.signal_embeddings where strategy = $1 and embedder = $2",
+            &[&t, &name],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 29);
+    for r in rows {
+        assert_eq!(r.get::<_, Option<String>>(1), Some(v.to_string()));
+        assert!(r.get::<_, bool>(2), "{} holds a vector of other inputs", r.get::<_, String>(0));
+    }
+    let stats = fake.stats();
+    assert!(stats["by_status"]["429"].as_i64().unwrap() >= 2, "{stats}");
+    assert!(stats["by_status"]["400"].as_i64().unwrap() >= 2, "{stats}");
+    // splitting isolated the bad rows: every plain row was embedded (returned) at least once,
+    // and the provider never saw a row again once it was written
+    for i in 0..24 {
+        let n = stats["texts"][format!("{t} plain {i}")].as_i64().unwrap_or(0);
+        assert!(n >= 1, "plain {i} never embedded: {stats}");
+    }
+    // retry_failed puts the dead letters back; permanent ones fail again, none is lost
+    let n: i64 = c.query_one("select quantops.retry_failed('it-http', 'permanent')", &[]).unwrap().get(0);
+    assert!(n >= 4);
+    let (done2, dead2) = wait_settled(&t, name, 34, 60);
+    assert_eq!((done2, dead2), (29, 5));
+    let s: serde_json::Value = serde_json::from_str(
+        &c.query_one("select to_jsonb(e)::text from quantops.embedding_status e", &[]).unwrap().get::<_, String>(0),
+    )
+    .unwrap();
+    assert_eq!(s["active_embedder"]["name"], name);
+    assert!(s["failures"]["permanent"].as_i64().unwrap() >= 4);
+}
+
+#[test]
+fn a_row_edited_during_its_lease_is_never_overwritten_with_the_old_vector() {
+    let fake = Fake::start();
+    let _restore = Restore;
+    let t = tag();
+    use_http_embedder(&fake, 64, r#""timeout_ms": 8000"#);
+    insert_signals(&t, &[format!("{t} [sleep3] original")]);
+    // wait until the worker holds the lease (the provider is answering slowly)
+    let mut c = admin();
+    wait_for("the lease", Duration::from_secs(30), || {
+        let mut c = admin();
+        c.query_opt(
+            "select 1 from quantops.embedding_queue q join quantops.signal_embeddings s on s.id = q.signal_id \
+             where s.strategy = $1 and q.lease_until > now()",
+            &[&t],
+        )
+        .unwrap()
+        .map(|_| ())
+    });
+    c.execute("update quantops.signal_embeddings set rationale = $2 where strategy = $1", &[&t, &format!("{t} edited")]).unwrap();
+    let (done, dead) = wait_settled(&t, "it-http", 1, 60);
+    assert_eq!((done, dead), (1, 0));
+    let ok: bool = c
+        .query_one(
+            "select input_hash = quantops.embedding_input_hash(embedder, embedder_version::int, strategy, symbol, features, series, rationale, tags) \
+             from quantops.signal_embeddings where strategy = $1",
+            &[&t],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ok, "the row holds the vector of its old input");
+    // the provider did embed the old text, but that vector was never written
+    let stats = fake.stats();
+    assert_eq!(stats["texts"][format!("{t} [sleep3] original")], 1);
+    assert_eq!(stats["texts"][format!("{t} edited")], 1);
+    assert_eq!(history_rows(&t), 0, "the old vector was written, then replaced");
+}
+
+#[test]
+fn kill_9_of_the_worker_mid_batch_loses_nothing_and_embeds_nothing_twice() {
+    let fake = Fake::start();
+    let _restore = Restore;
+    let t = tag();
+    let rationales: Vec<String> = (0..16).map(|i| format!("{t} [sleep2] {i}")).collect();
+    use_http_embedder(&fake, 4, r#""timeout_ms": 3000"#);
+    wait_for("the provider to catch up with the other rows", Duration::from_secs(120), || {
+        (scalar_i64(&mut admin(), "select count(*) from quantops.embedding_queue") == 0).then_some(())
+    });
+    insert_signals(&t, &rationales);
+    wait_for("a leased batch", Duration::from_secs(30), || {
+        let mut c = admin();
+        c.query_opt(
+            "select 1 from quantops.embedding_queue q join quantops.signal_embeddings s on s.id = q.signal_id \
+             where s.strategy = $1 and q.lease_until > now() limit 1",
+            &[&t],
+        )
+        .unwrap()
+        .map(|_| ())
+    });
+    let pid: i32 = admin()
+        .query_one("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[])
+        .unwrap()
+        .get(0);
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    // the postmaster resets every backend and restarts the worker; the lease runs out and the
+    // batch is taken again
+    let (done, dead) = wait_settled(&t, "it-http", 16, 120);
+    assert_eq!((done, dead), (16, 0), "a row was lost");
+    assert_eq!(history_rows(&t), 0, "a row was embedded twice");
+}
+
+#[test]
+fn the_api_key_is_sent_but_never_stored_or_logged() {
+    let fake = Fake::start();
+    let _restore = Restore;
+    let key = format!("sk-test-{}", &new_user()[..12]);
+    let mut c = admin();
+    c.batch_execute(&format!("alter system set quantops.embedding_api_key = '{key}'")).unwrap();
+    c.batch_execute("select pg_reload_conf()").unwrap();
+    let t = tag();
+    use_http_embedder(&fake, 64, r#""timeout_ms": 3000"#);
+    insert_signals(&t, &[format!("{t} keyed")]);
+    wait_settled(&t, "it-http", 1, 60);
+    assert_eq!(fake.stats()["authorization"], format!("Bearer {key}"));
+    // not readable by anyone but superusers
+    let r = request(&Who::ServiceRole, "select current_setting('quantops.embedding_api_key', true)", &[]);
+    assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
+    let n: i64 = c
+        .query_one(
+            "select (select count(*) from quantops.audit_log where args::text like '%' || $1 || '%' or detail::text like '%' || $1 || '%') + \
+                    (select count(*) from quantops.job_runs where error like '%' || $1 || '%' or details::text like '%' || $1 || '%') + \
+                    (select count(*) from quantops.embedders where params::text like '%' || $1 || '%') + \
+                    (select count(*) from quantops.embedding_failures where error like '%' || $1 || '%')",
+            &[&key],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the API key is in a table");
+    let log = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.cluster/postgres.log")).unwrap_or_default();
+    assert!(!log.contains(&key), "the API key is in the server log");
+    c.batch_execute("alter system reset quantops.embedding_api_key").unwrap();
+    c.batch_execute("select pg_reload_conf()").unwrap();
+    // a key in the params is refused outright
+    let r = request(
+        &Who::ServiceRole,
+        "select quantops.register_embedder('leaky', 'http', 384, '{\"url\": \"http://127.0.0.1:1/v1/embeddings\", \"model\": \"m\", \"api_key\": \"sk-x\"}')",
+        &[],
+    );
+    expect_err(r, "22023", "an API key never goes into a readable table");
+}
+
+#[test]
+fn embedding_errors_have_their_sqlstates_and_change_nothing() {
+    use_features_embedder();
+    let svc = Who::ServiceRole;
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        ("null name", "select quantops.register_embedder(null, 'features', 384)", "22004", "name must not be null"),
+        ("hostile name", "select quantops.register_embedder('x\"; drop table quantops.jobs; --', 'features', 384)", "22023", "invalid name"),
+        ("unknown kind", "select quantops.register_embedder('x', 'bert', 384)", "22023", "unknown embedder kind \"bert\""),
+        ("bad params", "select quantops.register_embedder('x', 'features', 384, '{\"features\": []}')", "22023", "invalid embedder"),
+        ("wrong dims", "select quantops.register_embedder('x', 'hashing', 128)", "55000", "embedder dims 128 do not match the configured dims (384)"),
+        ("unknown embedder", "select quantops.set_embedder('nope')", "42704", "embedder \"nope\" does not exist"),
+        ("unknown version", "select quantops.set_embedder('it-features', 999)", "42704", "version 999 does not exist"),
+        ("bad batch size", "select * from quantops.refresh_embeddings(batch_size => 0)", "22023", "invalid batch_size"),
+        ("bad error class", "select quantops.retry_failed(error_class => 'sometimes')", "22023", "invalid error_class"),
+        ("anon refresh", "select * from quantops.refresh_embeddings()", "42501", "permission denied"),
+    ];
+    let mut c = admin();
+    let before: (i64, i64) = {
+        let r = c.query_one("select (select count(*) from quantops.embedders), (select count(*) from quantops.audit_log)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    for (what, sql, state, msg) in cases {
+        let who = if what.starts_with("anon") { Who::Anon } else { svc.clone() };
+        let r = request(&who, sql, &[]);
+        match r {
+            Ok(_) => panic!("{what}: expected {state}"),
+            Err(e) => {
+                let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: {e}"));
+                assert_eq!(db.code().code(), state, "{what}: {}", db.message());
+                assert!(db.message().contains(msg), "{what}: {:?} lacks {msg:?}", db.message());
+            }
+        }
+    }
+    let after: (i64, i64) = {
+        let r = c.query_one("select (select count(*) from quantops.embedders), (select count(*) from quantops.audit_log)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(before, after);
+    // with an http embedder active, SQL refuses to call the provider inside a transaction
+    let fake = Fake::start();
+    let _restore = Restore;
+    use_http_embedder(&fake, 64, r#""timeout_ms": 1000"#);
+    let e = request(&svc, "select * from quantops.refresh_embeddings()", &[]).unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "55000");
+    assert!(db.detail().unwrap().contains("never inside an open transaction"));
+}

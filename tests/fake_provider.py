@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""A fake OpenAI-compatible embedding provider on 127.0.0.1, for quantops' integration tests.
+
+It behaves like a real one, including its failures, chosen by markers in the input text:
+  [400]        the whole request is refused with 400 (a bad input)
+  [baddim]     this input's vector has one dimension too few
+  [nan]        this input's vector holds NaN (which is not valid JSON)
+  [429xN]      the first N requests containing it get 429 with Retry-After: 1
+  [500xN]      the first N requests containing it get 500
+  [slowxN]     the first N requests containing it take longer than any test's timeout
+  [sleepN]     the request sleeps N seconds, then answers
+  [always500]  every request containing it gets 500
+Vectors are deterministic: sha256 of the text, expanded, L2-normalised.
+GET /stats returns counts; it stops by itself after --lifetime seconds (bounded, loopback only).
+Prints its port on the first line of stdout.
+"""
+import hashlib, json, math, re, struct, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DIMS = int(sys.argv[1]) if len(sys.argv) > 1 else 384
+LIFETIME = float(sys.argv[2]) if len(sys.argv) > 2 else 600.0
+lock = threading.Lock()
+seen = {}          # marker-bearing text -> requests seen
+stats = {"requests": 0, "vectors": 0, "by_status": {}, "authorization": None, "texts": {}}
+
+
+def vector(text, dims):
+    out, i = [], 0
+    while len(out) < dims:
+        h = hashlib.sha256(f"{i}:{text}".encode()).digest()
+        out.extend(x / 2**31 - 1.0 for x in struct.unpack("<8I", h))
+        i += 1
+    out = out[:dims]
+    n = math.sqrt(sum(x * x for x in out)) or 1.0
+    return [x / n for x in out]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def send(self, status, body, headers=None):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        with lock:
+            stats["by_status"][str(status)] = stats["by_status"].get(str(status), 0) + 1
+
+    def do_GET(self):
+        with lock:
+            self.send(200, json.dumps(stats))
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dims = int(body.get("dimensions", DIMS))
+        with lock:
+            stats["requests"] += 1
+            stats["authorization"] = self.headers.get("Authorization")
+            counts = {}
+            for t in inputs:
+                if "[" in t:
+                    seen[t] = seen.get(t, 0) + 1
+                counts[t] = seen.get(t, 0)
+        for t in inputs:
+            m = re.search(r"\[sleep(\d+)\]", t)
+            if m:
+                time.sleep(int(m.group(1)))
+        for t in inputs:
+            for kind, status in (("429", 429), ("500", 500)):
+                m = re.search(r"\[%sx(\d+)\]" % kind, t)
+                if m and counts[t] <= int(m.group(1)):
+                    return self.send(status, json.dumps({"error": {"message": f"fake {status}"}}), {"Retry-After": "1"} if status == 429 else None)
+            m = re.search(r"\[slowx(\d+)\]", t)
+            if m and counts[t] <= int(m.group(1)):
+                time.sleep(5)
+                return self.send(504, "{}")
+            if "[always500]" in t:
+                return self.send(500, json.dumps({"error": {"message": "fake outage"}}))
+            if "[400]" in t:
+                return self.send(400, json.dumps({"error": {"message": "invalid input"}}))
+        data = []
+        for i, t in enumerate(inputs):
+            v = vector(t, dims - 1 if "[baddim]" in t else dims)
+            data.append({"object": "embedding", "index": i, "embedding": v})
+        text = json.dumps({"object": "list", "data": data, "model": body.get("model")})
+        for i, t in enumerate(inputs):
+            if "[nan]" in t:
+                # the embedding of this input becomes [NaN, ...]: not valid JSON, as from a broken model
+                text = text.replace('"index": %d, "embedding": [' % i, '"index": %d, "embedding": [NaN, ' % i, 1)
+        with lock:
+            stats["vectors"] += len(inputs)
+            for t in inputs:
+                stats["texts"][t] = stats["texts"].get(t, 0) + 1
+        self.send(200, text)
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+print(server.server_address[1], flush=True)
+threading.Timer(LIFETIME, server.shutdown).start()
+server.serve_forever()
