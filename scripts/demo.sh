@@ -18,4 +18,16 @@ for _ in $(seq 1 30); do
   [ "$alive" = t ] && break
   sleep 1
 done
-bash scripts/cluster.sh psql -X -q -v ON_ERROR_STOP=1 -P pager=off -f scripts/sql/demo.sql
+psql_() { bash scripts/cluster.sh psql -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
+psql_ -f scripts/sql/demo.sql
+psql_ -f scripts/sql/demo_embeddings.sql
+echo "the worker drains the backlog (woken at commit, a batch per transaction):"
+for _ in $(seq 1 40); do
+  line=$(psql_ -At -F ' ' -c "select backlog, coverage::text from quantops.embedding_status")
+  echo "  $(date +%T.%2N)  backlog ${line%% *}  coverage ${line#* }"
+  [ "${line%% *}" = 0 ] && break
+  sleep 0.5
+done
+psql_ -f scripts/sql/demo_embeddings_after.sql
+echo
+echo "done. psql: scripts/cluster.sh psql     tests: scripts/test.sh"

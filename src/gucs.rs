@@ -7,7 +7,7 @@ use std::ffi::CString;
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static NAPTIME_S: GucSetting<i32> = GucSetting::<i32>::new(10);
-static EMBEDDING_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static EMBEDDING_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -37,12 +37,12 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_string_guc(
-        c"quantops.embedding_api_key",
-        c"API key for the http embedder's provider (superuser-only; never shown to others).",
-        c"Set it in postgresql.conf or a conf.d file, not with ALTER SYSTEM in a logged session; or name a Supabase Vault secret in the embedder's params (api_key_secret).",
-        &EMBEDDING_API_KEY,
+        c"quantops.embedding_api_key_file",
+        c"File holding the API key of the http embedder's provider (superuser-only).",
+        c"The worker reads the key from this file, readable by the postgres user, at each batch; the key itself never passes through a setting, a table or a log. Alternatively name a Supabase Vault secret in the embedder's params (api_key_secret).",
+        &EMBEDDING_API_KEY_FILE,
         GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+        GucFlags::SUPERUSER_ONLY,
     );
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"quantops".as_ptr()) };
 }
@@ -63,7 +63,7 @@ pub fn naptime() -> std::time::Duration {
     std::time::Duration::from_secs(NAPTIME_S.get().max(1) as u64)
 }
 
-/// The provider's API key, if set. Only the worker (a superuser process) reads it.
-pub fn embedding_api_key() -> Option<String> {
-    EMBEDDING_API_KEY.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty())
+/// The path of the provider's API key file, if set. Only the worker reads it.
+pub fn embedding_api_key_file() -> Option<String> {
+    EMBEDDING_API_KEY_FILE.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty())
 }

@@ -48,7 +48,10 @@ impl Drop for Fake {
     }
 }
 
+/// A fresh strategy name for this test's rows; rows of earlier tests are removed first, so an
+/// embedder switch re-embeds only the seed and this test's rows.
 fn tag() -> String {
+    admin().execute("delete from quantops.signal_embeddings where strategy like 'it-%'", &[]).unwrap();
     format!("it-{}", &new_user()[..8])
 }
 
@@ -272,8 +275,18 @@ fn http_provider_failures_end_embedded_or_dead_lettered() {
     let name = "it-http";
     let (done, dead) = wait_settled(&t, name, rationales.len() as i64, 120);
     assert_eq!(done + dead, 34, "no row lost");
-    assert_eq!(dead, 5, "400 x2, baddim, nan, always500 are dead letters; the rest recover");
     let mut c = admin();
+    if dead != 5 {
+        let rows = c
+            .query(
+                "select s.rationale || ': ' || f.error_class || ' after ' || f.attempts || ': ' || f.error from quantops.embedding_failures f \
+                 join quantops.signal_embeddings s on s.id = f.signal_id where s.strategy = $1",
+                &[&t],
+            )
+            .unwrap();
+        let why: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        panic!("400 x2, baddim, nan, always500 are dead letters; the rest recover; got:\n{}", why.join("\n"));
+    }
     let failures = c
         .query(
             "select s.rationale, f.error_class, f.error, f.attempts from quantops.embedding_failures f \
@@ -306,8 +319,10 @@ fn http_provider_failures_end_embedded_or_dead_lettered() {
         assert!(r.get::<_, bool>(2), "{} holds a vector of other inputs", r.get::<_, String>(0));
     }
     let stats = fake.stats();
-    assert!(stats["by_status"]["429"].as_i64().unwrap() >= 2, "{stats}");
-    assert!(stats["by_status"]["400"].as_i64().unwrap() >= 2, "{stats}");
+    // the failure paths were taken (how often depends on how the batches were split)
+    for status in ["429", "400", "500"] {
+        assert!(stats["by_status"][status].as_i64().unwrap_or(0) >= 1, "no {status} served: {}", stats["by_status"]);
+    }
     // splitting isolated the bad rows: every plain row was embedded (returned) at least once,
     // and the provider never saw a row again once it was written
     for i in 0..24 {
@@ -403,16 +418,21 @@ fn the_api_key_is_sent_but_never_stored_or_logged() {
     let fake = Fake::start();
     let _restore = Restore;
     let key = format!("sk-test-{}", &new_user()[..12]);
+    // the key lives in a file only the postgres user reads; the setting holds its path
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.cluster/embedding-api-key");
+    std::fs::write(path, format!("{key}\n")).unwrap();
+    assert!(Command::new("chown").args(["postgres:postgres", path]).status().unwrap().success());
+    assert!(Command::new("chmod").args(["600", path]).status().unwrap().success());
     let mut c = admin();
-    c.batch_execute(&format!("alter system set quantops.embedding_api_key = '{key}'")).unwrap();
+    c.batch_execute(&format!("alter system set quantops.embedding_api_key_file = '{path}'")).unwrap();
     c.batch_execute("select pg_reload_conf()").unwrap();
     let t = tag();
     use_http_embedder(&fake, 64, r#""timeout_ms": 3000"#);
     insert_signals(&t, &[format!("{t} keyed")]);
     wait_settled(&t, "it-http", 1, 60);
     assert_eq!(fake.stats()["authorization"], format!("Bearer {key}"));
-    // not readable by anyone but superusers
-    let r = request(&Who::ServiceRole, "select current_setting('quantops.embedding_api_key', true)", &[]);
+    // the setting is for superusers only
+    let r = request(&Who::ServiceRole, "select current_setting('quantops.embedding_api_key_file')", &[]);
     assert_eq!(sqlstate(&r).as_deref(), Some("42501"));
     let n: i64 = c
         .query_one(
@@ -427,7 +447,7 @@ fn the_api_key_is_sent_but_never_stored_or_logged() {
     assert_eq!(n, 0, "the API key is in a table");
     let log = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.cluster/postgres.log")).unwrap_or_default();
     assert!(!log.contains(&key), "the API key is in the server log");
-    c.batch_execute("alter system reset quantops.embedding_api_key").unwrap();
+    c.batch_execute("alter system reset quantops.embedding_api_key_file").unwrap();
     c.batch_execute("select pg_reload_conf()").unwrap();
     // a key in the params is refused outright
     let r = request(

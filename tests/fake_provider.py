@@ -10,29 +10,25 @@ It behaves like a real one, including its failures, chosen by markers in the inp
   [slowxN]     the first N requests containing it take longer than any test's timeout
   [sleepN]     the request sleeps N seconds, then answers
   [always500]  every request containing it gets 500
-Vectors are deterministic: sha256 of the text, expanded, L2-normalised.
+Vectors are deterministic: Gaussian, seeded with sha256 of the text, L2-normalised.
 GET /stats returns counts; it stops by itself after --lifetime seconds (bounded, loopback only).
 Prints its port on the first line of stdout.
 """
-import hashlib, json, math, re, struct, sys, threading, time
+import hashlib, json, math, random, re, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DIMS = int(sys.argv[1]) if len(sys.argv) > 1 else 384
 LIFETIME = float(sys.argv[2]) if len(sys.argv) > 2 else 600.0
-lock = threading.Lock()
+lock = threading.RLock()
 seen = {}          # marker-bearing text -> requests seen
 stats = {"requests": 0, "vectors": 0, "by_status": {}, "authorization": None, "texts": {}}
 
 
 def vector(text, dims):
-    out, i = [], 0
-    while len(out) < dims:
-        h = hashlib.sha256(f"{i}:{text}".encode()).digest()
-        out.extend(x / 2**31 - 1.0 for x in struct.unpack("<8I", h))
-        i += 1
-    out = out[:dims]
+    rng = random.Random(hashlib.sha256(text.encode()).digest())
+    out = [rng.gauss(0.0, 1.0) for _ in range(dims)]
     n = math.sqrt(sum(x * x for x in out)) or 1.0
-    return [x / n for x in out]
+    return [round(x / n, 7) for x in out]
 
 
 class Handler(BaseHTTPRequestHandler):

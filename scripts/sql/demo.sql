@@ -58,5 +58,3 @@ update quantops.audit_log set outcome = 'error' where stream = 'flow_runs' and s
 select stream, valid, first_bad_seq, problem from quantops.verify_audit('flow_runs');
 rollback;
 select stream, valid from quantops.verify_audit('flow_runs');
-\echo
-\echo 'done. psql: scripts/cluster.sh psql     tests: scripts/test.sh'

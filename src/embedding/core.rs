@@ -91,7 +91,7 @@ pub struct HttpParams {
     #[serde(default)]
     pub send_dimensions: bool,
     /// name of a Supabase Vault secret holding the API key; else the superuser-only setting
-    /// quantops.embedding_api_key; else no Authorization header
+    /// quantops.embedding_api_key_file; else no Authorization header
     #[serde(default)]
     pub api_key_secret: Option<String>,
 }

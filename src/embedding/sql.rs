@@ -314,9 +314,28 @@ fn read_input(t: &pgrx::spi::SpiHeapTupleData, first: usize) -> SignalInput {
     }
 }
 
+/// True while `e` is the active embedder, holding a share lock on its row until this transaction
+/// ends: set_embedder() waits for batches in flight, and a batch never writes vectors of an
+/// embedder that was switched away meanwhile (it would leave them dequeued and stale).
+pub fn still_active(e: &Embedder) -> bool {
+    Spi::connect_mut(|c| {
+        c.update(
+            "select true from quantops.embedders where name = $1 and version = $2 and active for share",
+            None,
+            &[e.name.as_str().into(), e.version.into()],
+        )
+        .map(|t| !t.is_empty())
+        .unwrap_or(false)
+    })
+}
+
 /// Refreshes one batch of ready queue rows with a built-in embedder, in the current transaction.
 /// Rows are taken with FOR UPDATE SKIP LOCKED, so concurrent callers never take the same row.
+/// Returns nothing picked when `e` is no longer the active embedder.
 pub fn refresh_batch(e: &Embedder, vt: &VectorType, batch_size: i64) -> BatchOutcome {
+    if !still_active(e) {
+        return BatchOutcome::default();
+    }
     let picked: Vec<(i64, i32, SignalInput, Option<Vec<u8>>, bool)> = Spi::connect(|c| {
         c.select(
             "select q.signal_id, q.attempts, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
@@ -324,7 +343,7 @@ pub fn refresh_batch(e: &Embedder, vt: &VectorType, batch_size: i64) -> BatchOut
              from quantops.embedding_queue q join quantops.signal_embeddings s on s.id = q.signal_id \
              where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
              order by q.enqueued_at, q.signal_id limit $3 \
-             for update of q skip locked",
+             for update of q, s skip locked",
             None,
             &[e.name.as_str().into(), e.version.into(), batch_size.into()],
         )

@@ -95,9 +95,16 @@ fn api_key(e: &Embedder, secret: &Option<String>) -> Option<String> {
         if let Ok(Some(k)) = from_vault {
             return Some(k);
         }
-        warning!("quantops: vault secret for embedder \"{}\" not found; using quantops.embedding_api_key", e.name);
+        warning!("quantops: vault secret for embedder \"{}\" not found; trying quantops.embedding_api_key_file", e.name);
     }
-    gucs::embedding_api_key()
+    let path = gucs::embedding_api_key_file()?;
+    match std::fs::read_to_string(&path) {
+        Ok(k) => Some(k.trim().to_string()).filter(|k| !k.is_empty()),
+        Err(err) => {
+            warning!("quantops: cannot read quantops.embedding_api_key_file \"{path}\": {}", err.kind());
+            None
+        }
+    }
 }
 
 /// One HTTP batch: lease, call the provider outside any transaction, write back.
@@ -156,18 +163,22 @@ pub struct Leased {
 
 fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
     let Kind::Http(p) = &e.kind else { unreachable!() };
+    if !sql::still_active(e) {
+        return Vec::new();
+    }
     let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool, bool)> = Spi::connect_mut(|c| {
         c.update(
-            "with picked as ( \
-               (select q.signal_id from quantops.embedding_queue q \
-                where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
-                  and q.last_error_class is null \
-                order by q.enqueued_at, q.signal_id limit $3 for update of q skip locked) \
-               union all \
-               (select q.signal_id from quantops.embedding_queue q \
-                where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
-                  and q.last_error_class is not null \
-                order by q.next_try_at, q.signal_id limit $5 for update of q skip locked)), \
+            "with fresh as ( \
+               select q.signal_id from quantops.embedding_queue q \
+               where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
+                 and q.last_error_class is null \
+               order by q.enqueued_at, q.signal_id limit $3 for update of q skip locked), \
+             retried as ( \
+               select q.signal_id from quantops.embedding_queue q \
+               where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
+                 and q.last_error_class is not null \
+               order by q.next_try_at, q.signal_id limit $5 for update of q skip locked), \
+             picked as (select signal_id from fresh union all select signal_id from retried), \
              leased as ( \
                update quantops.embedding_queue q set lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => $4), \
                  leased_by = pg_catalog.pg_backend_pid(), attempts = q.attempts + 1 \
@@ -234,6 +245,17 @@ fn write_back(
     results: Vec<Result<Vec<f32>, RowError>>,
     max_attempts: i32,
 ) -> (i64, i64) {
+    if !sql::still_active(e) {
+        // switched to another embedder while we were away: write nothing, give the rows back
+        let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+        crate::spi::run(
+            "releasing leases",
+            "update quantops.embedding_queue set lease_until = null, leased_by = null, leased_hash = null, \
+               attempts = greatest(attempts - 1, 0) where signal_id = any($1) and leased_by = pg_catalog.pg_backend_pid()",
+            &[ids.into()],
+        );
+        return (0, 0);
+    }
     let (mut ok_ids, mut ok_vecs, mut ok_hash) = (Vec::new(), Vec::new(), Vec::new());
     let (mut dl_ids, mut dl_hash, mut dl_err, mut dl_att, mut dl_class) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut rt_ids, mut rt_delay, mut rt_err) = (Vec::new(), Vec::new(), Vec::new());
