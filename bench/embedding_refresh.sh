@@ -57,7 +57,7 @@ gen
 t0=$(now)
 q -c "select quantops.set_embedder('bench-features')" >/dev/null
 t1=$(now)
-read -r A_DONE A_FAILED A_LEFT < <(q -F ' ' -c "select done, failed, remaining from quantops.refresh_embeddings(max_rows => 10000000, time_budget_ms => 3600000, batch_size => 5000)")
+read -r A_DONE A_FAILED A_LEFT < <(q -F ' ' -c "select done, failed, remaining from quantops.refresh_embeddings(max_rows => 10000000, time_budget_ms => 3600000, batch_size => 10000)")
 t2=$(now)
 A_ENQ=$(python3 -c "print($t1 - $t0)"); A_REF=$(python3 -c "print($t2 - $t1)")
 [ "$A_DONE" = "$ROWS" ] && [ "$A_FAILED" = 0 ] && [ "$A_LEFT" = 0 ] || { echo "A did not embed every row: $A_DONE $A_FAILED $A_LEFT" >&2; exit 1; }

@@ -124,7 +124,9 @@ begin
   return new;
 end
 $$;
-create trigger signal_embeddings_touch before update on quantops.signal_embeddings
+-- updated_at tells when the signal's data changed; writing its embedding does not count
+create trigger signal_embeddings_touch
+  before update of strategy, symbol, as_of, features, series, rationale, tags, owner on quantops.signal_embeddings
   for each row execute function quantops._touch_updated_at();
 
 -- ---------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ create table quantops.embedding_queue (
   last_error        text,
   last_error_class  text check (last_error_class in ('retryable', 'permanent'))
 );
-create index embedding_queue_ready_idx on quantops.embedding_queue (next_try_at, enqueued_at);
+-- batches are taken in arrival order
+create index embedding_queue_order_idx on quantops.embedding_queue (enqueued_at, signal_id);
 
 -- Dead letters: rows that could not be embedded, with the error, the attempts and the last try.
 create table quantops.embedding_failures (

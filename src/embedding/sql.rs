@@ -333,32 +333,62 @@ pub fn still_active(e: &Embedder) -> bool {
 /// Rows are taken with FOR UPDATE SKIP LOCKED, so concurrent callers never take the same row.
 /// Returns nothing picked when `e` is no longer the active embedder.
 pub fn refresh_batch(e: &Embedder, vt: &VectorType, batch_size: i64) -> BatchOutcome {
+    refresh_batch_after(e, vt, batch_size, &mut None)
+}
+
+/// One batch, starting after `mark` (the queue position where the previous batch of the same
+/// transaction ended, so a long refresh never rescans the rows it has already dequeued).
+pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark: &mut Option<(TimestampWithTimeZone, i64)>) -> BatchOutcome {
     if !still_active(e) {
         return BatchOutcome::default();
     }
-    let picked: Vec<(i64, i32, SignalInput, Option<Vec<u8>>, bool)> = Spi::connect(|c| {
-        c.select(
-            "select q.signal_id, q.attempts, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
+    let (mark_at, mark_id) = match mark {
+        Some((t, i)) => (Some(*t), Some(*i)),
+        None => (None, None),
+    };
+    let mut last: Option<(TimestampWithTimeZone, i64)> = None;
+    let picked: Vec<(i64, i32, SignalInput, Option<Vec<u8>>, bool)> = Spi::connect_mut(|c| {
+        // the queue in order through its index, then the signals; both locked with SKIP LOCKED
+        // (signal before queue, as writers of signals take them), so a batch never waits
+        c.update(
+            "with picked as ( \
+               select q.signal_id, q.attempts, q.enqueued_at from quantops.embedding_queue q \
+               where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
+                 and ($4::timestamptz is null or (q.enqueued_at, q.signal_id) > ($4::timestamptz, $5::bigint)) \
+               order by q.enqueued_at, q.signal_id limit $3 \
+               for update of q skip locked) \
+             select p.signal_id, p.attempts, p.enqueued_at, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
                     s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text) \
-             from quantops.embedding_queue q join quantops.signal_embeddings s on s.id = q.signal_id \
-             where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
-             order by q.enqueued_at, q.signal_id limit $3 \
-             for update of q, s skip locked",
+             from picked p join quantops.signal_embeddings s on s.id = p.signal_id \
+             for update of s skip locked",
             None,
-            &[e.name.as_str().into(), e.version.into(), batch_size.into()],
+            &[e.name.as_str().into(), e.version.into(), batch_size.into(), mark_at.into(), mark_id.into()],
         )
         .expect("reading the embedding queue failed")
         .map(|t| {
+            let id = t.get::<i64>(1).ok().flatten().unwrap_or(0);
+            if let Some(at) = t.get::<TimestampWithTimeZone>(3).ok().flatten() {
+                let newer = match &last {
+                    None => true,
+                    Some((lt, li)) => (at, id) > (*lt, *li),
+                };
+                if newer {
+                    last = Some((at, id));
+                }
+            }
             (
-                t.get::<i64>(1).ok().flatten().unwrap_or(0),
+                id,
                 t.get::<i32>(2).ok().flatten().unwrap_or(0),
-                read_input(&t, 3),
-                t.get::<Vec<u8>>(9).ok().flatten(),
-                t.get::<bool>(10).ok().flatten().unwrap_or(true),
+                read_input(&t, 4),
+                t.get::<Vec<u8>>(10).ok().flatten(),
+                t.get::<bool>(11).ok().flatten().unwrap_or(true),
             )
         })
         .collect()
     });
+    if last.is_some() {
+        *mark = last;
+    }
     let mut out = BatchOutcome { picked: picked.len() as i64, ..Default::default() };
     if picked.is_empty() {
         return out;
@@ -529,8 +559,9 @@ fn refresh_embeddings(
 pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, batch: i64, mut between: impl FnMut()) -> BatchOutcome {
     let t0 = Instant::now();
     let mut total = BatchOutcome::default();
+    let mut mark = None;
     while total.picked < max_rows && t0.elapsed() < budget {
-        let b = refresh_batch(e, vt, batch.min(max_rows - total.picked));
+        let b = refresh_batch_after(e, vt, batch.min(max_rows - total.picked), &mut mark);
         total.picked += b.picked;
         total.done += b.done;
         total.unchanged += b.unchanged;
