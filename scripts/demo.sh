@@ -20,6 +20,7 @@ for _ in $(seq 1 30); do
 done
 psql_() { bash scripts/cluster.sh psql -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
 psql_ -f scripts/sql/demo.sql
+BEFORE=$(psql_ -At -c "select clock_timestamp()")
 psql_ -f scripts/sql/demo_embeddings.sql
 echo "the worker drains the backlog (woken at commit, a batch per transaction):"
 for _ in $(seq 1 40); do
@@ -28,6 +29,6 @@ for _ in $(seq 1 40); do
   [ "${line%% *}" = 0 ] && break
   sleep 0.5
 done
-psql_ -f scripts/sql/demo_embeddings_after.sql
+psql_ -v before="$BEFORE" -f scripts/sql/demo_embeddings_after.sql
 echo
 echo "done. psql: scripts/cluster.sh psql     tests: scripts/test.sh"
