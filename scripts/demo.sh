@@ -19,6 +19,11 @@ for _ in $(seq 1 30); do
   sleep 1
 done
 psql_() { bash scripts/cluster.sh psql -X -q -v ON_ERROR_STOP=1 -P pager=off "$@"; }
+echo "[demo] waiting for the worker to embed the seeded signals"
+for _ in $(seq 1 60); do
+  [ "$(psql_ -At -c "select backlog from quantops.embedding_status")" = 0 ] && break
+  sleep 0.5
+done
 psql_ -f scripts/sql/demo.sql
 BEFORE=$(psql_ -At -c "select clock_timestamp()")
 psql_ -f scripts/sql/demo_embeddings.sql
