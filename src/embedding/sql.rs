@@ -303,6 +303,15 @@ pub struct BatchOutcome {
     pub failed: i64,
 }
 
+impl std::ops::AddAssign for BatchOutcome {
+    fn add_assign(&mut self, b: BatchOutcome) {
+        self.picked += b.picked;
+        self.done += b.done;
+        self.unchanged += b.unchanged;
+        self.failed += b.failed;
+    }
+}
+
 fn read_input(t: &pgrx::spi::SpiHeapTupleData, first: usize) -> SignalInput {
     SignalInput {
         strategy: t.get::<String>(first).ok().flatten().unwrap_or_default(),
@@ -542,7 +551,7 @@ fn refresh_embeddings(
         }
     }
     let (e, vt) = builtin_active()?;
-    let total = drain(&e, &vt, max_rows, Duration::from_millis(budget as u64), batch, || {});
+    let total = drain(&e, &vt, max_rows, Duration::from_millis(budget as u64), batch);
     let remaining = backlog();
     audit::sql::record_call(
         "refresh_embeddings",
@@ -554,22 +563,17 @@ fn refresh_embeddings(
     Ok(TableIterator::once((total.done, total.unchanged, total.failed, remaining)))
 }
 
-/// Runs batches until the row limit, the time budget or an empty queue. `between` runs after
-/// each batch (the worker commits there).
-pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, batch: i64, mut between: impl FnMut()) -> BatchOutcome {
+/// Runs batches, in this transaction, until the row limit, the time budget or an empty queue.
+pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, batch: i64) -> BatchOutcome {
     let t0 = Instant::now();
     let mut total = BatchOutcome::default();
     let mut mark = None;
     while total.picked < max_rows && t0.elapsed() < budget {
         let b = refresh_batch_after(e, vt, batch.min(max_rows - total.picked), &mut mark);
-        total.picked += b.picked;
-        total.done += b.done;
-        total.unchanged += b.unchanged;
-        total.failed += b.failed;
+        total += b;
         if b.picked == 0 {
             break;
         }
-        between();
     }
     total
 }

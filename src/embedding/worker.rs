@@ -45,10 +45,7 @@ pub fn drain() -> i64 {
         };
         match step {
             Ok(b) => {
-                total.picked += b.picked;
-                total.done += b.done;
-                total.unchanged += b.unchanged;
-                total.failed += b.failed;
+                total += b;
                 if b.picked == 0 {
                     break;
                 }

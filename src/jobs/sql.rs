@@ -54,7 +54,7 @@ pub fn execute(job: &str) -> Result<JobOutcome, String> {
         }
         "refresh-embeddings" => {
             let (e, vt) = crate::embedding::sql::builtin_active().map_err(|e| e.to_string())?;
-            let b = crate::embedding::sql::drain(&e, &vt, 100_000, std::time::Duration::from_secs(60), 2000, || {});
+            let b = crate::embedding::sql::drain(&e, &vt, 100_000, std::time::Duration::from_secs(60), 2000);
             Ok(JobOutcome {
                 rows: b.done,
                 details: json!({ "embedder": e.name, "version": e.version, "done": b.done,
