@@ -247,7 +247,7 @@ pub struct VectorType {
     schema: String,
 }
 
-fn vector_type() -> VectorType {
+pub fn vector_type() -> VectorType {
     let schema = vector_schema().unwrap_or_else(|| pgrx::error!("quantops: extension \"vector\" is not installed"));
     Spi::connect(|c| {
         let t = c
@@ -312,7 +312,9 @@ impl std::ops::AddAssign for BatchOutcome {
     }
 }
 
-fn read_input(t: &pgrx::spi::SpiHeapTupleData, first: usize) -> SignalInput {
+/// A signal's inputs from six consecutive columns (strategy, symbol, features::text, series,
+/// rationale, tags) of an SPI row, starting at `first`.
+pub fn read_input(t: &pgrx::spi::SpiHeapTupleData, first: usize) -> SignalInput {
     SignalInput {
         strategy: t.get::<String>(first).ok().flatten().unwrap_or_default(),
         symbol: t.get::<String>(first + 1).ok().flatten().unwrap_or_default(),
@@ -649,9 +651,6 @@ fn _wake_worker() {
     crate::workers::wake_at_commit();
 }
 
-pub fn vector_type_info() -> VectorType {
-    vector_type()
-}
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

@@ -37,7 +37,7 @@ pub fn drain() -> i64 {
         let step = if e.is_builtin() {
             let e2 = e.clone();
             in_transaction(move || {
-                let vt = sql::vector_type_info();
+                let vt = sql::vector_type();
                 sql::refresh_batch(&e2, &vt, 2000)
             })
         } else {
@@ -191,7 +191,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
             (
                 t.get::<i64>(1).ok().flatten().unwrap_or(0),
                 t.get::<i32>(2).ok().flatten().unwrap_or(1),
-                sql_read_input(&t),
+                sql::read_input(&t, 3),
                 t.get::<Vec<u8>>(9).ok().flatten(),
                 t.get::<bool>(10).ok().flatten().unwrap_or(true),
                 t.get::<bool>(11).ok().flatten().unwrap_or(false),
@@ -223,17 +223,6 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
         );
     }
     leased
-}
-
-fn sql_read_input(t: &pgrx::spi::SpiHeapTupleData) -> emb::SignalInput {
-    emb::SignalInput {
-        strategy: t.get::<String>(3).ok().flatten().unwrap_or_default(),
-        symbol: t.get::<String>(4).ok().flatten().unwrap_or_default(),
-        features: t.get::<String>(5).ok().flatten().unwrap_or_else(|| "{}".into()),
-        series: t.get::<Vec<Option<f64>>>(6).ok().flatten().map(|s| s.into_iter().flatten().collect()),
-        rationale: t.get::<String>(7).ok().flatten(),
-        tags: t.get::<Vec<Option<String>>>(8).ok().flatten().unwrap_or_default().into_iter().flatten().collect(),
-    }
 }
 
 fn write_back(
@@ -316,7 +305,7 @@ fn write_back(
             }
         }
         if !ids.is_empty() {
-            let vt = sql::vector_type_info();
+            let vt = sql::vector_type();
             sql::write_embeddings(e, &vt, &ids, &vecs, &hs);
             crate::spi::run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[ids.clone().into()]);
             done = ids.len() as i64;
