@@ -352,7 +352,7 @@ begin
   -- Supabase's postgres role is not a superuser there: it administers, like the owner
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'postgres') then
     execute 'grant select, insert, update, delete on all tables in schema quantops to postgres';
-    execute 'grant execute on all functions in schema quantops to postgres';
+    execute 'grant execute on all routines in schema quantops to postgres';
   end if;
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
     execute 'grant select, insert, update, delete on quantops.signal_embeddings to authenticated';
@@ -371,6 +371,24 @@ begin
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
     execute 'grant select on quantops.signal_embedding_history to authenticated';
   end if;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
+    execute 'grant select on quantops.retention_policies, quantops.prune_state, quantops.index_builds, '
+      'quantops.index_health_log, quantops.index_policy to service_role';
+    execute 'grant update on quantops.index_policy to service_role';
+    execute 'grant execute on function quantops.set_retention(text, text, text, interval, integer, boolean), '
+      'quantops.drop_retention(text), quantops.prune_plan(text), quantops.prune_batch(text, integer), '
+      'quantops._prune_start(text), quantops._prune_record(bigint, bigint, jsonb), quantops._prune_health(), '
+      'quantops.restore_archived(bigint[], text, integer), '
+      'quantops.index_health(regclass, boolean, integer, integer, double precision, integer), '
+      'quantops._index_health(oid, boolean, integer, integer, double precision, integer), '
+      'quantops.maintain_index(regclass, boolean, boolean), quantops._maintain_index(oid, boolean, boolean) to service_role';
+    execute 'grant execute on procedure quantops.prune(boolean, integer, bigint, text, jsonb) to service_role';
+  end if;
+  foreach r in array array['authenticated', 'service_role'] loop
+    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
+    execute pg_catalog.format('grant execute on function quantops.match_signals, '
+      'quantops._text_list(jsonb, text) to %I', r);
+  end loop;
   -- functions: EXECUTE was revoked from PUBLIC in finalize.sql; each role gets what it needs.
   -- anon may ask who it is (NULL), so RLS policies that call uid() fail on the table, not on uid()
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then

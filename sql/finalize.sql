@@ -12,6 +12,32 @@ alter function quantops.refresh_embeddings(bigint, bigint, bigint) security defi
 alter function quantops.sweep_embeddings() security definer set search_path = '';
 alter function quantops.retry_failed(text, text) security definer set search_path = '';
 
+alter function quantops._index_health(oid, boolean, integer, integer, double precision, integer) security definer set search_path = '';
+alter function quantops._maintain_index(oid, boolean, boolean) security definer set search_path = '';
+
+-- The SQL faces of the index functions take a regclass: an index, or a table with one.
+create function quantops.index_health(target regclass default null, recall boolean default false,
+                                      k integer default 10, queries integer default 50,
+                                      target_recall double precision default null,
+                                      sample_rows integer default null)
+returns jsonb
+language sql
+volatile
+set search_path = ''
+as $$ select quantops._index_health(target::oid, recall, k, queries, target_recall, sample_rows) $$;
+comment on function quantops.index_health(regclass, boolean, integer, integer, double precision, integer) is
+  'health of an IVFFlat index (quantops'' own by default): churn, lists, balance and drift from its own centers, recall@k on demand; recorded in quantops.index_health_log';
+
+create function quantops.maintain_index(target regclass default null, force boolean default false,
+                                        dry_run boolean default false)
+returns jsonb
+language sql
+volatile
+set search_path = ''
+as $$ select quantops._maintain_index(target::oid, force, dry_run) $$;
+comment on function quantops.maintain_index(regclass, boolean, boolean) is
+  'measure the IVFFlat index and queue a rebuild when it needs one; the worker runs it with REINDEX/CREATE INDEX CONCURRENTLY, never blocking writes';
+
 -- The other Rust functions run with an empty search_path too: their SQL is fully qualified.
 alter function quantops.verify_audit(text) set search_path = '';
 alter function quantops.status() set search_path = '';
@@ -19,5 +45,5 @@ alter function quantops.embedding_input_hash(text, integer, text, text, jsonb, d
 alter function quantops._wake_worker() set search_path = '';
 
 -- Default deny: nobody but the owner runs anything until granted.
-revoke execute on all functions in schema quantops from public;
+revoke execute on all routines in schema quantops from public;
 select quantops.grant_roles();

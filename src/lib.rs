@@ -9,12 +9,15 @@ pub mod embedding;
 pub mod error;
 pub mod gucs;
 pub mod hash;
+pub mod ivf;
 pub mod jobs;
+pub mod prune;
 pub mod spi;
 pub mod workers;
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding", requires = ["bootstrap"]);
+pgrx::extension_sql_file!("../sql/prune.sql", name = "prune", requires = ["embedding"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]

@@ -16,6 +16,17 @@ pub fn quote_ident(name: &str) -> String {
     s
 }
 
+/// Quotes a string literal the way `quote_literal` does (doubles quotes and backslashes, E'' form
+/// when there is a backslash).
+pub fn quote_literal(v: &str) -> String {
+    let body = v.replace('\'', "''");
+    if v.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
 /// The schema (already quoted) where pgvector's `vector` type lives, e.g. `"extensions"`.
 pub fn vector_schema() -> Option<String> {
     Spi::get_one::<String>(
@@ -37,6 +48,13 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident("x\"; drop table t; --"), "\"x\"\"; drop table t; --\"");
         assert_eq!(quote_ident(""), "\"\"");
+    }
+
+    #[test]
+    fn literals_are_always_quoted() {
+        assert_eq!(quote_literal("200"), "'200'");
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
     }
 }
 

@@ -47,6 +47,11 @@ fn table_select_rules() -> BTreeMap<&'static str, [See; 3]> {
         ("embedding_queue", [Denied, Denied, All]),
         ("embedding_failures", [Denied, Denied, All]),
         ("signal_embedding_history", [Denied, Own, All]),
+        ("retention_policies", [Denied, Denied, All]),
+        ("prune_state", [Denied, Denied, All]),
+        ("index_builds", [Denied, Denied, All]),
+        ("index_health_log", [Denied, Denied, All]),
+        ("index_policy", [Denied, Denied, All]),
     ])
 }
 
@@ -227,6 +232,22 @@ fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
         ("sweep_embeddings()", [false, false, true]),
         ("retry_failed(text,text)", [false, false, true]),
         ("embedding_input_hash(text,integer,text,text,jsonb,double precision[],text,text[])", [false, false, true]),
+        ("set_retention(text,text,text,interval,integer,boolean)", [false, false, true]),
+        ("drop_retention(text)", [false, false, true]),
+        ("_prune_pick(quantops.retention_policies,quantops.prune_state,integer)", [false, false, false]),
+        ("_prune_start(text)", [false, false, true]),
+        ("prune_batch(text,integer)", [false, false, true]),
+        ("prune_plan(text)", [false, false, true]),
+        ("restore_archived(bigint[],text,integer)", [false, false, true]),
+        ("_prune_record(bigint,bigint,jsonb)", [false, false, true]),
+        ("_prune_health()", [false, false, true]),
+        ("prune(boolean,integer,bigint,text,jsonb)", [false, false, true]),
+        ("match_signals(vector,integer,jsonb,timestamp with time zone)", [false, true, true]),
+        ("_text_list(jsonb,text)", [false, true, true]),
+        ("_index_health(oid,boolean,integer,integer,double precision,integer)", [false, false, true]),
+        ("index_health(regclass,boolean,integer,integer,double precision,integer)", [false, false, true]),
+        ("_maintain_index(oid,boolean,boolean)", [false, false, true]),
+        ("maintain_index(regclass,boolean,boolean)", [false, false, true]),
     ])
 }
 
@@ -294,6 +315,12 @@ fn role_matrix_calls_through_postgrest() {
         ("embedding_input_hash(text,integer,text,text,jsonb,double precision[],text,text[])",
          "select quantops.embedding_input_hash(name, version, 's', 'x', '{}', null, 'r', '{}') from quantops.embedders where active"),
         ("_wake_worker()", "select quantops._wake_worker()"),
+        ("prune_plan(text)", "select * from quantops.prune_plan()"),
+        ("index_health(regclass,boolean,integer,integer,double precision,integer)", "select quantops.index_health(sample_rows => 100)"),
+        ("maintain_index(regclass,boolean,boolean)", "select quantops.maintain_index(dry_run => true)"),
+        ("match_signals(vector,integer,jsonb,timestamp with time zone)",
+         "select count(*) from quantops.match_signals(array_fill(0.1::real, array[(select embedding_dims from quantops.settings)])::extensions.vector, 3)"),
+        ("set_retention(text,text,text,interval,integer,boolean)", "select quantops.set_retention('matrix', 'max_age', max_age => interval '100 years', enabled => false)"),
     ];
     let rules = function_rules();
     for who in who_all() {

@@ -134,9 +134,10 @@ fn configure(
         ),
         &[],
     );
+    crate::ivf::sql::record_build("create", "quantops.configure")?;
     run(
         "recording the settings",
-        "update quantops.settings set embedding_dims = $1, index_lists = $2, index_metric = $3, \
+        "update quantops.settings set embedding_dims = $1, index_lists = $2, index_metric = $3, search_probes = null, \
          configured_at = pg_catalog.now(), configured_by = quantops._caller_role()",
         &[dims.into(), lists.into(), metric.name().into()],
     );

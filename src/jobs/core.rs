@@ -8,7 +8,7 @@ pub struct JobOutcome {
 }
 
 /// The jobs quantops knows how to run. Later capabilities add theirs here.
-pub const KNOWN_JOBS: &[&str] = &["verify-audit", "refresh-embeddings", "sweep-embeddings"];
+pub const KNOWN_JOBS: &[&str] = &["verify-audit", "refresh-embeddings", "sweep-embeddings", "prune", "maintain-index"];
 
 pub fn is_known(job: &str) -> bool {
     KNOWN_JOBS.contains(&job)

@@ -32,6 +32,9 @@ impl SqlError for JobError {
 }
 sql_error!(JobError);
 
+/// The most rows that run_job('prune') moves in the caller's transaction.
+pub const SQL_PRUNE_LIMIT: i64 = 50_000;
+
 /// Runs one job's body in the current transaction. Err is a job failure (recorded, not raised).
 pub fn execute(job: &str) -> Result<JobOutcome, String> {
     match job {
@@ -65,6 +68,41 @@ pub fn execute(job: &str) -> Result<JobOutcome, String> {
             Some(e) => Ok(JobOutcome { rows: crate::embedding::sql::sweep(&e), details: json!({ "embedder": e.name }) }),
             None => Ok(JobOutcome { rows: 0, details: json!({ "embedder": null }) }),
         },
+        // from SQL (run_job) the whole prune is one transaction, so it is bounded; the worker and
+        // CALL quantops.prune() commit per batch
+        "prune" => {
+            Spi::run("select quantops._prune_start(null)").map_err(|e| e.to_string())?;
+            let (mut moved, mut batches) = (0i64, 0i64);
+            while moved < SQL_PRUNE_LIMIT {
+                let b = Spi::get_one_with_args::<JsonB>(
+                    "select quantops.prune_batch(null, $1)",
+                    &[(crate::prune::worker::BATCH as i64).min(SQL_PRUNE_LIMIT - moved).try_into().unwrap_or(1i32).into()],
+                )
+                .map_err(|e| e.to_string())?
+                .map(|j| j.0)
+                .unwrap_or_default();
+                if b["idle"].as_bool().unwrap_or(true) {
+                    break;
+                }
+                moved += b["moved"].as_i64().unwrap_or(0);
+                batches += 1;
+            }
+            Ok(JobOutcome { rows: moved, details: json!({ "moved": moved, "batches": batches, "limit": SQL_PRUNE_LIMIT }) })
+        }
+        "maintain-index" => {
+            let t = match crate::ivf::sql::resolve(None) {
+                Ok(t) => t,
+                Err(crate::ivf::sql::IvfError::NotConfigured) => {
+                    return Ok(JobOutcome { rows: 0, details: json!({ "skipped": "quantops has no IVFFlat index yet" }) })
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut p = crate::ivf::sql::plan(&t, false, false, "job").map_err(|e| e.to_string())?;
+            if let Some(h) = p.get_mut("health") {
+                *h = json!({ "balance": h["balance"], "drift": h["drift"], "lists": h["lists"], "rows": h["rows"] });
+            }
+            Ok(JobOutcome { rows: 0, details: p })
+        }
         other => Err(format!("job \"{other}\" has no implementation in this version of quantops")),
     }
 }

@@ -1,5 +1,6 @@
 //! Background workers. Registered only when quantops is loaded through shared_preload_libraries.
 pub mod scheduler;
+pub mod toplevel;
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
@@ -28,6 +29,11 @@ pub fn set_scheduler_pid(pid: i32) {
     if preloaded() {
         SCHEDULER_PID.get().store(pid, Ordering::SeqCst);
     }
+}
+
+/// True when a scheduler worker has announced itself in shared memory.
+pub fn scheduler_running() -> bool {
+    preloaded() && SCHEDULER_PID.get().load(Ordering::SeqCst) > 0
 }
 
 /// Sets the scheduler's latch now, if it runs.

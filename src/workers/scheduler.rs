@@ -95,6 +95,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         .flatten()
         .unwrap_or_else(|| "now".into());
     let mut warned_missing = false;
+    let mut marked_interrupted = false;
 
     // the first pass runs at once; later ones after each naptime (or a wake-up)
     let mut first = true;
@@ -115,6 +116,25 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
             continue;
         }
         warned_missing = false;
+        if !marked_interrupted {
+            // runs of an earlier incarnation of this worker (kill -9, crash, immediate shutdown)
+            marked_interrupted = in_transaction(|| {
+                crate::spi::run(
+                    "marking interrupted runs",
+                    "update quantops.job_runs set status = 'failed', finished_at = pg_catalog.clock_timestamp(), \
+                       error = 'interrupted: the worker stopped before the run ended' \
+                     where status = 'running' and runner = 'worker' and pid <> pg_catalog.pg_backend_pid()",
+                    &[],
+                );
+                crate::spi::run(
+                    "marking interrupted rebuilds",
+                    "update quantops.index_builds set status = 'failed', finished_at = pg_catalog.clock_timestamp(), \
+                       error = 'interrupted: the worker stopped before the rebuild ended' where status = 'running'",
+                    &[],
+                );
+            })
+            .is_ok();
+        }
         let enabled = gucs::enabled();
         let st = started.clone();
         if let Err(e) = in_transaction(move || heartbeat(if enabled { "running" } else { "disabled" }, &st)) {
@@ -135,6 +155,10 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         // the embedding queue: drained continuously, woken at once when work is committed
         if !BackgroundWorker::sigterm_received() {
             crate::embedding::worker::drain();
+        }
+        // rebuilds queued by quantops.maintain_index()
+        if !BackgroundWorker::sigterm_received() {
+            crate::ivf::worker::execute_queued();
         }
     }
     // leave a truthful record on the way out
@@ -159,9 +183,14 @@ fn run_one(job: &str) {
         }
     };
     let j = job.to_string();
-    let result = match in_transaction(move || jobs::sql::execute(&j)) {
-        Ok(r) => r,
-        Err(e) => Err(e),
+    // prune and maintain-index manage their own transactions (a batch each; top-level statements)
+    let result = match job {
+        "prune" => crate::prune::worker::run(),
+        "maintain-index" => crate::ivf::worker::run(),
+        _ => match in_transaction(move || jobs::sql::execute(&j)) {
+            Ok(r) => r,
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = &result {
         warning!("{NAME}: job \"{job}\" failed: {e}");
