@@ -4,7 +4,7 @@
 #   F  the floor: the single statement
 #        WITH moved AS (DELETE ... RETURNING *) INSERT INTO archive SELECT ... FROM moved
 #   Q  quantops: set_retention(max_age) and CALL quantops.prune(batch_size => B), for B in BATCHES
-#   both on identical fresh data in the same run, while concurrent inserters (INSERTERS processes,
+#   both on identical fresh data in the same run (F twice: first, and before the last Q), while concurrent inserters (INSERTERS processes,
 #   RATE rows/s each, one row per autocommit INSERT) record their latency: goal Q >= 80 % of F's
 #   rows/s and the inserters' p99 under 100 ms during Q.
 #   R  then half the live rows are replaced by rows from a shifted distribution, and recall@10 at

@@ -9,7 +9,8 @@
      vacuum analyze, checkpoint), the single statement
        WITH moved AS (DELETE ... RETURNING *) INSERT INTO archive SELECT ... FROM moved
   3. Q, quantops: same fresh state, quantops.set_retention(max_age 200 days), then
-     CALL quantops.prune(batch_size => B) for each batch size.
+     CALL quantops.prune(batch_size => B) for each batch size. F runs first and again right
+     before the last Q run; the ratio is the best Q against the mean of the F runs.
      During F and Q, INSERTERS processes (each its own connection, autocommit) insert one signal
      at a time at RATE rows/s each; every insert's latency is recorded. Lossless checks after each.
   4. recall: after the last Q run, half the live rows are replaced by rows from a shifted
@@ -225,12 +226,14 @@ class Bench:
         self.model = Model(a.dims, a.seed)
         self.ins = Inserters(a.dsn, a.inserters, a.rate, a.dims, a.seed)
 
+    # never server-side prepared statements: a cached plan outlives the session settings it was
+    # made under (enable_indexscan = off for the exact search would stick to the ANN queries)
     def one(self, sql, params=None):
-        r = self.conn.execute(sql, params).fetchone()
+        r = self.conn.execute(sql, params, prepare=False).fetchone()
         return r[0] if r else None
 
     def x(self, sql, params=None):
-        return self.conn.execute(sql, params)
+        return self.conn.execute(sql, params, prepare=False)
 
     # -- setup ----------------------------------------------------------------------------------
     def setup(self):
@@ -409,13 +412,15 @@ class Bench:
 
     def ann(self, qlits, probes, exact=False, k=10):
         """top-k ids per query: through the IVFFlat index at `probes`, or exact (no index)."""
-        sql = ("select id from quantops.signal_embeddings order by embedding operator(extensions.<=>) %%s::extensions.vector limit %d" % k)
+        sql = ("select id from quantops.signal_embeddings order by embedding operator(extensions.<=>) %%s::extensions.vector limit %d%s"
+               % (k, " /* exact */" if exact else ""))
         res, times = [], []
         with self.conn.transaction():
             if exact:
                 self.x("set local enable_indexscan = off")
                 self.x("set local enable_bitmapscan = off")
             else:
+                self.x("set local jit = off")  # JIT compiles per query: noise in the latency, no effect on results
                 self.x("set local ivfflat.probes = %d" % probes)
                 self.x("set local ivfflat.iterative_scan = off")
                 self.x("set local enable_seqscan = off")
@@ -583,6 +588,7 @@ def main():
     p.add_argument("--idle", type=float, default=3, help="seconds of inserts before each prune (the idle latency)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--fresh-builds", type=int, default=1)
+    p.add_argument("--floor-runs", type=int, default=2, choices=(1, 2))
     p.add_argument("--maint-timeout", type=int, default=900)
     p.add_argument("--keep-min-interval", action="store_true", help="leave index_policy.min_interval as it is")
     p.add_argument("--seed", type=int, default=20261125)
@@ -598,30 +604,38 @@ def main():
     log("%s, pgvector %s, quantops %s, %s cores" % (pg, b.one("select extversion from pg_extension where extname = 'vector'"),
                                                    b.one("select extversion from pg_extension where extname = 'quantops'"), mp.cpu_count()))
     b.setup()
-    f = b.run_floor()
-    qs = [b.run_quantops(bs) for bs in batches]
+    # F first; with two floor runs the second comes right before the last quantops run, so that
+    # drift over the run (caches, WAL, autovacuum) does not favour one side
+    fs, qs = [b.run_floor()], []
+    for i, bs in enumerate(batches):
+        if i == len(batches) - 1 and a.floor_runs > 1:
+            fs.append(b.run_floor())
+        qs.append(b.run_quantops(bs))
     r = b.run_recall()
 
+    nan = float("nan")
+    p99 = lambda run: run["lat"]["during"]["p99"] if run["lat"]["during"] else nan
+    f_rps = float(np.mean([f["rps"] for f in fs]))
     best = max(qs, key=lambda q: q["rps"])
-    ok_all = f["ok"] and all(q["ok"] for q in qs)
-    log("\n== prune throughput (rows/s; each run on identical fresh data, the IVFFlat index in place)")
-    log("  %-34s %8s %9s %10s %7s %11s" % ("", "rows", "seconds", "rows/s", "ratio", "ins. p99 ms"))
-    log("  %-34s %8d %9.2f %10.0f %7s %11.2f" % ("F floor: one DELETE ... INSERT", f["moved"], f["sec"], f["rps"], "1.00",
-                                                   f["lat"]["during"]["p99"] if f["lat"]["during"] else float("nan")))
+    ok_all = all(f["ok"] for f in fs) and all(q["ok"] for q in qs)
+    log("\n== prune throughput (each run on identical fresh data, the IVFFlat index in place; ratio to the floor's mean)")
+    log("  %-36s %8s %9s %10s %7s %13s" % ("", "rows", "seconds", "rows/s", "ratio", "ins. p99 ms"))
+    for i, f in enumerate(fs):
+        log("  %-36s %8d %9.2f %10.0f %7.2f %13.2f" % ("F floor: one DELETE ... INSERT (#%d)" % (i + 1), f["moved"], f["sec"],
+                                                       f["rps"], f["rps"] / f_rps, p99(f)))
     for q in qs:
-        log("  %-34s %8d %9.2f %10.0f %7.2f %11.2f" % ("Q quantops.prune(batch_size %d)" % q["batch"], q["moved"], q["sec"],
-                                                      q["rps"], q["rps"] / f["rps"],
-                                                      q["lat"]["during"]["p99"] if q["lat"]["during"] else float("nan")))
-    lb = r["maint"]["how"]
+        log("  %-36s %8d %9.2f %10.0f %7.2f %13.2f" % ("Q quantops.prune(batch_size %d)" % q["batch"], q["moved"], q["sec"],
+                                                       q["rps"], q["rps"] / f_rps, p99(q)))
     log("\n== summary")
-    fl = f["lat"]["during"]["p99"] if f["lat"]["during"] else float("nan")
-    ql = best["lat"]["during"]["p99"] if best["lat"]["during"] else float("nan")
-    qmax = max((q["lat"]["during"]["p99"] for q in qs if q["lat"]["during"]), default=float("nan"))
-    log("prune: quantops %.0f rows/s (batch_size %d, best of %s), floor %.0f rows/s, ratio %.2f (goal >= 0.80): %s"
-        % (best["rps"], best["batch"], ", ".join("%d: %.0f" % (q["batch"], q["rps"]) for q in qs), f["rps"],
-           best["rps"] / f["rps"], "met" if best["rps"] / f["rps"] >= 0.8 else "MISSED"))
+    fl = max(p99(f) for f in fs)
+    ql = p99(best)
+    qmax = max(p99(q) for q in qs)
+    log("prune: quantops %.0f rows/s (batch_size %d; all: %s), floor %.0f rows/s (%s), ratio %.2f (goal >= 0.80): %s"
+        % (best["rps"], best["batch"], ", ".join("%d: %.0f" % (q["batch"], q["rps"]) for q in qs), f_rps,
+           "mean of " + ", ".join("%.0f" % f["rps"] for f in fs) if len(fs) > 1 else "one run",
+           best["rps"] / f_rps, "met" if best["rps"] / f_rps >= 0.8 else "MISSED"))
     log("inserters p99 (%d x %g/s): during floor %.1f ms, during quantops %.1f ms (batch_size %d; worst over batch sizes %.1f ms) "
-        "(goal < 100 ms): %s" % (a.inserters, a.rate, fl, ql, best["batch"], qmax, "met" if ql < 100 else "MISSED"))
+        "(goal < 100 ms): %s" % (a.inserters, a.rate, fl, ql, best["batch"], qmax, "met" if qmax < 100 else "MISSED"))
     ra, rb, rc = r["a"], r["b"], r["c"]
     log("recall@10 at probes sqrt(lists): before %.4f (lists %d, probes %d), after maintenance %.4f (lists %d, probes %d), "
         "fresh build %.4f (lists %d, probes %d); |after - fresh| = %.4f (goal <= 0.01): %s"
@@ -630,7 +644,7 @@ def main():
     log("recall@10 cost: %.0f, %.0f, %.0f rows scanned per query (%.1f, %.1f, %.1f ms)"
         % (ra["scanned"], rb["scanned"], rc["scanned"], ra["ms"], rb["ms"], rc["ms"]))
     log("maintenance: %s; drift %s -> %s, balance %s -> %s"
-        % (lb, r["h0"].get("drift"), r["h1"].get("drift"), r["h0"].get("balance"), r["h1"].get("balance")))
+        % (r["maint"]["how"], r["h0"].get("drift"), r["h1"].get("drift"), r["h0"].get("balance"), r["h1"].get("balance")))
     log("lossless: %s; total %.0f s" % ("every run OK" if ok_all else "FAILED (see above)", time.perf_counter() - started))
     if not ok_all:
         sys.exit(1)

@@ -35,5 +35,13 @@ for _ in $(seq 1 40); do
   sleep 0.5
 done
 psql_ -v before="$BEFORE" -f scripts/sql/demo_embeddings_after.sql
+psql_ -f scripts/sql/demo_prune.sql
+echo "the worker rebuilds the index without blocking writes (REINDEX / CREATE INDEX CONCURRENTLY):"
+for _ in $(seq 1 120); do
+  st=$(psql_ -At -c "select coalesce(string_agg(status, ','), 'none') from quantops.index_builds where status in ('queued', 'running')")
+  [ "$st" = none ] && break
+  sleep 0.5
+done
+psql_ -f scripts/sql/demo_prune_after.sql
 echo
 echo "done. psql: scripts/cluster.sh psql     tests: scripts/test.sh"

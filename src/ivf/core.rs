@@ -356,11 +356,16 @@ pub fn decide(m: &Measured, t: &Thresholds) -> Decision {
         reasons.push(format!("drift {:.3} > {:.3}: rows lie farther from the centers than at build", m.drift, t.max_drift));
     }
     let f = t.max_lists_factor.max(1.0);
-    if m.rows >= 10_000 && ((m.lists as f64) > rec as f64 * f || (m.lists as f64) * f < rec as f64) {
+    let lists_off = (m.lists as f64) > rec as f64 * f || (m.lists as f64) * f < rec as f64;
+    // lists alone is a reason only on a table large enough for the guidance to matter
+    if m.rows >= 10_000 && lists_off {
         reasons.push(format!("lists {} is far from the recommended {} for {} rows", m.lists, rec, m.rows));
-        lists = rec;
     }
     let rebuild = !reasons.is_empty();
+    // a rebuild made for any reason takes the recommended lists when the current count is off
+    if rebuild && lists_off {
+        lists = rec;
+    }
     if let Some(c) = m.churn {
         if c > t.max_churn {
             reasons.push(format!("note: churn {:.2} since the build (not a reason on its own)", c));
@@ -587,6 +592,11 @@ mod tests {
         // small tables keep their lists
         let small = Measured { rows: 5000, lists: 100, ..healthy };
         assert!(!decide(&small, &t).rebuild);
+        // ... unless they are rebuilt anyway: an index trained on an empty table (lists = 1)
+        let empty_trained = Measured { rows: 3000, lists: 1, drift: 2.0, ..healthy };
+        let d = decide(&empty_trained, &t);
+        assert!(d.rebuild);
+        assert_eq!(d.lists, 3);
     }
 
     #[test]
