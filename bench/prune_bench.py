@@ -634,7 +634,7 @@ def main():
         % (best["rps"], best["batch"], ", ".join("%d: %.0f" % (q["batch"], q["rps"]) for q in qs), f_rps,
            "mean of " + ", ".join("%.0f" % f["rps"] for f in fs) if len(fs) > 1 else "one run",
            best["rps"] / f_rps, "met" if best["rps"] / f_rps >= 0.8 else "MISSED"))
-    log("inserters p99 (%d x %g/s): during floor %.1f ms, during quantops %.1f ms (batch_size %d; worst over batch sizes %.1f ms) "
+    log("inserters p99 (%d x %g/s): during floor %.1f ms (worst F run), during quantops %.1f ms (batch_size %d; worst over batch sizes %.1f ms) "
         "(goal < 100 ms): %s" % (a.inserters, a.rate, fl, ql, best["batch"], qmax, "met" if qmax < 100 else "MISSED"))
     ra, rb, rc = r["a"], r["b"], r["c"]
     log("recall@10 at probes sqrt(lists): before %.4f (lists %d, probes %d), after maintenance %.4f (lists %d, probes %d), "
@@ -643,8 +643,11 @@ def main():
            abs(rb["recall"] - rc["recall"]), "met" if abs(rb["recall"] - rc["recall"]) <= 0.01 else "MISSED"))
     log("recall@10 cost: %.0f, %.0f, %.0f rows scanned per query (%.1f, %.1f, %.1f ms)"
         % (ra["scanned"], rb["scanned"], rc["scanned"], ra["ms"], rb["ms"], rc["ms"]))
-    log("maintenance: %s; drift %s -> %s, balance %s -> %s"
-        % (r["maint"]["how"], r["h0"].get("drift"), r["h1"].get("drift"), r["h0"].get("balance"), r["h1"].get("balance")))
+    md = r["maint"]["details"] or {}
+    log("maintenance: %s; rebuilt: %s; drift %s -> %s, balance %s -> %s"
+        % (r["maint"]["how"], ", ".join("%s %s lists %s" % (bd[2], bd[1], bd[3]) for bd in r["maint"]["builds"])
+           or "no (%s)" % ("; ".join(map(str, md.get("reasons") or [])) or "no reason"),
+           r["h0"].get("drift"), r["h1"].get("drift"), r["h0"].get("balance"), r["h1"].get("balance")))
     log("lossless: %s; total %.0f s" % ("every run OK" if ok_all else "FAILED (see above)", time.perf_counter() - started))
     if not ok_all:
         sys.exit(1)

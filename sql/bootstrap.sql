@@ -384,6 +384,31 @@ begin
       'quantops.maintain_index(regclass, boolean, boolean), quantops._maintain_index(oid, boolean, boolean) to service_role';
     execute 'grant execute on procedure quantops.prune(boolean, integer, bigint, text, jsonb) to service_role';
   end if;
+  -- the registry: agents discover, flows (service_role) register, promote and record backtests
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
+    execute 'grant select on quantops.models, quantops.model_versions, quantops.model_aliases, quantops.alias_history, '
+      'quantops.promotion_policies, quantops.outbox, quantops.backtest_leaderboard to service_role';
+    -- direct writes of an alias are allowed, and still pass the gates (a constraint trigger)
+    execute 'grant insert, update on quantops.model_aliases to service_role';
+    -- the default of the *_by columns it writes
+    execute 'grant execute on function quantops._caller_role() to service_role';
+    execute 'grant execute on function quantops.create_model(text, text, text), '
+      'quantops.register_model_version(text, text, text, jsonb, text, text), '
+      'quantops.promote(text, integer, text, integer, text), quantops.rollback(text, text), '
+      'quantops.set_promotion_policy(text, text, double precision, double precision, integer, interval, double precision, double precision, boolean), '
+      'quantops.artifacts_to_delete(interval), quantops.consume_events(text, integer, integer), quantops.ack_event(bigint, text), '
+      'quantops.record_backtest(text, text, timestamptz, timestamptz, double precision, double precision, double precision, '
+      'double precision, double precision, double precision, double precision, integer, jsonb, text, integer, text) to service_role';
+  end if;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
+    execute 'grant select on quantops.models, quantops.model_versions, quantops.model_aliases, quantops.alias_history, '
+      'quantops.backtest_leaderboard to authenticated';
+  end if;
+  foreach r in array array['authenticated', 'service_role'] loop
+    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
+    execute pg_catalog.format('grant execute on function quantops.alias_asof(text, text, timestamptz), '
+      'quantops.discover(text, text), quantops.backtest_metrics(double precision[], integer, double precision) to %I', r);
+  end loop;
   foreach r in array array['authenticated', 'service_role'] loop
     continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
     execute pg_catalog.format('grant execute on function quantops.match_signals, '

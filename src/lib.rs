@@ -4,6 +4,7 @@
 pgrx::pg_module_magic!(name, version);
 
 pub mod audit;
+pub mod backtest;
 pub mod config;
 pub mod embedding;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod workers;
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding", requires = ["bootstrap"]);
 pgrx::extension_sql_file!("../sql/prune.sql", name = "prune", requires = ["embedding"]);
+pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", requires = ["prune"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]

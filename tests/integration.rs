@@ -52,6 +52,12 @@ fn table_select_rules() -> BTreeMap<&'static str, [See; 3]> {
         ("index_builds", [Denied, Denied, All]),
         ("index_health_log", [Denied, Denied, All]),
         ("index_policy", [Denied, Denied, All]),
+        ("models", [Denied, Own, All]),
+        ("model_versions", [Denied, Own, All]),
+        ("model_aliases", [Denied, Own, All]),
+        ("alias_history", [Denied, Own, All]),
+        ("promotion_policies", [Denied, Denied, All]),
+        ("outbox", [Denied, Denied, All]),
     ])
 }
 
@@ -206,7 +212,7 @@ fn role_matrix_writes() {
 fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
     BTreeMap::from([
         ("uid()", [true, true, true]),
-        ("_caller_role()", [false, false, false]),
+        ("_caller_role()", [false, false, true]),
         ("_finite(double precision)", [false, true, true]),
         ("_finite_array(double precision[])", [false, true, true]),
         ("_touch_updated_at()", [false, false, false]),
@@ -248,6 +254,25 @@ fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
         ("index_health(regclass,boolean,integer,integer,double precision,integer)", [false, false, true]),
         ("_maintain_index(oid,boolean,boolean)", [false, false, true]),
         ("maintain_index(regclass,boolean,boolean)", [false, false, true]),
+        ("_model(text)", [false, false, false]),
+        ("_gate_violations(bigint,integer,text)", [false, false, false]),
+        ("_artifact_exists(text,text)", [false, false, false]),
+        ("_alias_gates()", [false, false, false]),
+        ("_alias_moved()", [false, false, false]),
+        ("_alias_history_guard()", [false, false, false]),
+        ("create_model(text,text,text)", [false, false, true]),
+        ("register_model_version(text,text,text,jsonb,text,text)", [false, false, true]),
+        ("promote(text,integer,text,integer,text)", [false, false, true]),
+        ("rollback(text,text)", [false, false, true]),
+        ("alias_asof(text,text,timestamp with time zone)", [false, true, true]),
+        ("set_promotion_policy(text,text,double precision,double precision,integer,interval,double precision,double precision,boolean)", [false, false, true]),
+        ("set_artifact_check(text)", [false, false, false]),
+        ("artifacts_to_delete(interval)", [false, false, true]),
+        ("consume_events(text,integer,integer)", [false, false, true]),
+        ("ack_event(bigint,text)", [false, false, true]),
+        ("record_backtest(text,text,timestamp with time zone,timestamp with time zone,double precision,double precision,double precision,double precision,double precision,double precision,double precision,integer,jsonb,text,integer,text)", [false, false, true]),
+        ("discover(text,text)", [false, true, true]),
+        ("backtest_metrics(double precision[],integer,double precision)", [false, true, true]),
     ])
 }
 
@@ -321,6 +346,11 @@ fn role_matrix_calls_through_postgrest() {
         ("match_signals(vector,integer,jsonb,timestamp with time zone)",
          "select count(*) from quantops.match_signals(array_fill(0.1::real, array[(select embedding_dims from quantops.settings)])::extensions.vector, 3)"),
         ("set_retention(text,text,text,interval,integer,boolean)", "select quantops.set_retention('matrix', 'max_age', max_age => interval '100 years', enabled => false)"),
+        ("discover(text,text)", "select count(*) from quantops.discover()"),
+        ("alias_asof(text,text,timestamp with time zone)", "select quantops.alias_asof('no-such-model', 'production')"),
+        ("backtest_metrics(double precision[],integer,double precision)", "select * from quantops.backtest_metrics(array[0.01, -0.02])"),
+        ("create_model(text,text,text)", "select quantops.create_model('matrix-model')"),
+        ("artifacts_to_delete(interval)", "select count(*) from quantops.artifacts_to_delete()"),
     ];
     let rules = function_rules();
     for who in who_all() {

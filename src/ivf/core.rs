@@ -282,6 +282,19 @@ pub fn recall_of(found: &[i64], truth: &[i64]) -> f64 {
     truth.iter().filter(|t| found.contains(t)).count() as f64 / truth.len() as f64
 }
 
+/// At most `n` items, evenly spread over `all` (every item when there are no more than `n`).
+pub fn even_subset<T>(all: Vec<T>, n: usize) -> Vec<T> {
+    let len = all.len();
+    if len <= n {
+        return all;
+    }
+    let mut keep = vec![false; len];
+    for i in 0..n {
+        keep[i * len / n] = true;
+    }
+    all.into_iter().zip(keep).filter_map(|(x, k)| k.then_some(x)).collect()
+}
+
 /// The probes tried when searching for the smallest that reaches a target recall.
 pub fn probe_ladder(lists: i32) -> Vec<i32> {
     let mut v = vec![1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256];
@@ -550,6 +563,17 @@ mod tests {
         let perfect = recall_stats(&[1.0; 10]);
         assert_eq!((perfect.low, perfect.high), (1.0, 1.0));
         assert!(recall_stats(&[]).mean.is_nan());
+    }
+
+    #[test]
+    fn even_subset_spans_the_whole_input() {
+        let v: Vec<usize> = (0..1000).collect();
+        let s = even_subset(v.clone(), 100);
+        assert_eq!(s.len(), 100);
+        assert_eq!(s[0], 0);
+        assert!(*s.last().unwrap() >= 990, "the end of the table is sampled too");
+        assert_eq!(even_subset(v[..50].to_vec(), 100).len(), 50);
+        assert!(even_subset(v, 0).is_empty());
     }
 
     #[test]

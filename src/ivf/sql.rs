@@ -249,16 +249,19 @@ unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String
     result
 }
 
-/// A sample of the indexed column (at most `n` rows, Bernoulli, fixed seed) with each row's ctid.
+/// A sample of the indexed column (about `n` rows, Bernoulli, fixed seed) with each row's ctid.
+/// Bernoulli draws a little more than `n` rows spread over the whole table; an even stride over
+/// them (never LIMIT, which would keep the first rows in physical order and miss the newest)
+/// brings it down to `n`.
 fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
-    let pct = if rows <= 0 { 100.0 } else { (100.0 * (n as f64) * 1.25 / rows as f64).min(100.0) };
+    let pct = if rows <= 0 { 100.0 } else { (100.0 * (n as f64) * 1.2 / rows as f64).min(100.0) };
     let col = quote_ident(&t.column);
     let sql = format!(
-        "select ctid::text, {col}::real[] from {} tablesample bernoulli ($1) repeatable ($3) where {col} is not null limit $2",
+        "select ctid::text, {col}::real[] from {} tablesample bernoulli ($1) repeatable ($2) where {col} is not null",
         t.table_sql
     );
-    Spi::connect(|c| {
-        let tab = c.select(&sql, None, &[pct.into(), n.into(), (seed as f64).into()]).unwrap_or_else(|e| pgrx::error!("quantops: sampling {} failed: {e}", t.table_sql));
+    let all: Vec<(String, Vec<f32>)> = Spi::connect(|c| {
+        let tab = c.select(&sql, None, &[pct.into(), (seed as f64).into()]).unwrap_or_else(|e| pgrx::error!("quantops: sampling {} failed: {e}", t.table_sql));
         let mut out = Vec::new();
         for r in tab {
             if let (Ok(Some(id)), Ok(Some(v))) = (r.get::<String>(1), r.get::<Vec<f32>>(2)) {
@@ -266,7 +269,8 @@ fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
             }
         }
         out
-    })
+    });
+    ivf::even_subset(all, n.max(0) as usize)
 }
 
 fn table_stats(t: &Target) -> (i64, Option<i64>, Option<i64>) {
