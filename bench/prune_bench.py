@@ -371,9 +371,8 @@ class Bench:
         log("  moved %d rows in %d batches in %.2f s: %.0f rows/s (the report's duration_ms %s)"
             % (moved, rep["batches"], sec, moved / sec, rep.get("duration_ms")))
         hb, ha = rep.get("health_before") or {}, rep.get("health_after") or {}
-        log("  report health: before rows %s balance %s drift %s; after rows %s balance %s drift %s needs_rebuild %s"
-            % (hb.get("rows"), hb.get("balance"), hb.get("drift"), ha.get("rows"), ha.get("balance"), ha.get("drift"),
-               ha.get("needs_rebuild")))
+        log("  report health (no sampling): before rows %s lists %s churn %s; after rows %s lists %s churn %s"
+            % (hb.get("rows"), hb.get("lists"), hb.get("churn"), ha.get("rows"), ha.get("lists"), ha.get("churn")))
         ok = self.check_lossless("quantops", "retention policy " + POLICY) and moved == int(plan.get("rows_to_move", -1))
         return {"batch": batch, "moved": moved, "batches": rep["batches"], "sec": sec, "rps": moved / sec,
                 "lat": lat, "ok": ok, "report": rep}
@@ -465,11 +464,8 @@ class Bench:
     def maintain(self):
         """quantops' automatic maintenance: the scheduler worker's 'maintain-index' job, made due now."""
         a = self.a
-        if not a.keep_min_interval:
-            mi = self.one("select min_interval::text from quantops.index_policy")
-            self.x("update quantops.index_policy set min_interval = interval '0'")
-            log("  index_policy.min_interval %s -> 0 for the benchmark: quantops.configure() built the index minutes ago, "
-                "and a rebuild within min_interval is deferred" % mi)
+        # index_policy stays at its defaults: min_interval counts quantops' own rebuilds only,
+        # not the configure() that built the index minutes ago
         alive = self.one("select coalesce(bool_or(state = 'running' and heartbeat_at > now() - interval '30 seconds'), false) "
                          "from quantops.workers")
         run0 = self.one("select coalesce(max(id), 0) from quantops.job_runs where job = 'maintain-index'")
@@ -590,7 +586,6 @@ def main():
     p.add_argument("--fresh-builds", type=int, default=1)
     p.add_argument("--floor-runs", type=int, default=2, choices=(1, 2))
     p.add_argument("--maint-timeout", type=int, default=900)
-    p.add_argument("--keep-min-interval", action="store_true", help="leave index_policy.min_interval as it is")
     p.add_argument("--seed", type=int, default=20261125)
     a = p.parse_args()
     a.lists = a.lists or max(10, a.rows // 1000)

@@ -43,5 +43,6 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 psql_ -f scripts/sql/demo_prune_after.sql
+psql_ -f scripts/sql/demo_registry.sql
 echo
 echo "done. psql: scripts/cluster.sh psql     tests: scripts/test.sh"

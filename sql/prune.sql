@@ -353,20 +353,15 @@ begin
 end
 $$;
 
--- A cheap health summary for a prune's report (no recall); null when there is no index yet.
+-- The index's state for a prune's report: no sampling (lists, live rows, churn since the build,
+-- the last measured balance and drift); null when there is no index yet.
 create function quantops._prune_health() returns jsonb
 language plpgsql
 security definer
 set search_path = ''
 as $$
-declare
-  h jsonb;
 begin
-  h := quantops.index_health(null, recall => false, sample_rows => 2000);
-  return pg_catalog.jsonb_build_object('rows', h -> 'rows', 'lists', h -> 'lists', 'balance', h -> 'balance',
-                                       'drift', h -> 'drift', 'needs_rebuild', h -> 'needs_rebuild');
-exception when undefined_object or object_not_in_prerequisite_state then
-  return null;
+  return quantops._index_state();
 end
 $$;
 

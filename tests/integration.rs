@@ -247,6 +247,7 @@ fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
         ("restore_archived(bigint[],text,integer)", [false, false, true]),
         ("_prune_record(bigint,bigint,jsonb)", [false, false, true]),
         ("_prune_health()", [false, false, true]),
+        ("_index_state()", [false, false, false]),
         ("prune(boolean,integer,bigint,text,jsonb)", [false, false, true]),
         ("match_signals(vector,integer,jsonb,timestamp with time zone)", [false, true, true]),
         ("_text_list(jsonb,text)", [false, true, true]),

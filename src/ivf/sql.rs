@@ -473,6 +473,78 @@ pub fn measure(t: &Target, o: &Options) -> Result<Value, IvfError> {
     Ok(h)
 }
 
+/// The index's state without a sample, cheap enough for every prune run's before and after:
+/// live rows (statistics), lists against the recommendation, churn since the build, and the
+/// balance and drift of the last full measurement (with its time).
+pub fn state(t: &Target) -> Result<Value, IvfError> {
+    let pages = unsafe { read_pages_meta(t.index_oid) }.map_err(|e| IvfError::Pages(t.key(), e))?;
+    let meta = ivf::parse_meta(&pages).map_err(|e| IvfError::Pages(t.key(), e.to_string()))?;
+    let (live, ins, del) = Spi::connect(|c| {
+        let tab = c
+            .select(
+                "select n_live_tup, n_tup_ins, n_tup_del from pg_catalog.pg_stat_all_tables where relid = $1",
+                None,
+                &[t.table_oid.into()],
+            )
+            .ok()?;
+        if tab.is_empty() {
+            return None;
+        }
+        let r = tab.first();
+        Some((r.get::<i64>(1).ok().flatten(), r.get::<i64>(2).ok().flatten(), r.get::<i64>(3).ok().flatten()))
+    })
+    .unwrap_or((None, None, None));
+    let rows = live.unwrap_or(0);
+    let churn = baseline(t).and_then(|(_, rab, ib, db, _, _)| match (ins, ib, del, db, rab) {
+        (Some(i), Some(ib), Some(d), Some(db), Some(r)) if r > 0 && i >= ib && d >= db => Some(((i - ib) + (d - db)) as f64 / r as f64),
+        _ => None,
+    });
+    let last: Option<JsonB> = Spi::get_one_with_args(
+        "select pg_catalog.jsonb_build_object('balance', health -> 'balance', 'drift', health -> 'drift', \
+           'needs_rebuild', health -> 'needs_rebuild', 'measured_at', measured_at) \
+           from quantops.index_health_log where index_name = $1 order by id desc limit 1",
+        &[t.key().into()],
+    )
+    .ok()
+    .flatten();
+    Ok(json!({
+        "rows": rows,
+        "lists": meta.lists,
+        "recommended_lists": recommended_lists(rows),
+        "churn": churn.map(|c| (c * 10000.0).round() / 10000.0),
+        "last_measured": last.map(|j| j.0),
+    }))
+}
+
+unsafe fn read_pages_meta(oid: pg_sys::Oid) -> Result<Vec<u8>, String> {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let rel = pg_sys::index_open(oid, lock);
+    let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+    let r = if nblocks < 1 {
+        Err("it has no pages".to_string())
+    } else {
+        let buf = pg_sys::ReadBufferExtended(rel, pg_sys::ForkNumber::MAIN_FORKNUM, ivf::METAPAGE_BLKNO, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+        pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+        let page = pg_sys::BufferGetPage(buf) as *const u8;
+        let bytes = std::slice::from_raw_parts(page, pg_sys::BLCKSZ as usize).to_vec();
+        pg_sys::UnlockReleaseBuffer(buf);
+        Ok(bytes)
+    };
+    pg_sys::index_close(rel, lock);
+    r
+}
+
+/// The index's state without sampling (quantops' own index): what every prune run records before
+/// and after. Null when there is no index yet.
+#[pg_extern(name = "_index_state")]
+fn index_state() -> Result<Option<JsonB>, ErrorReport> {
+    match resolve(None) {
+        Ok(t) => Ok(Some(JsonB(state(&t)?))),
+        Err(IvfError::NotConfigured) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Mean distance of a sample to the index's centers and the balance: the baseline of a build
 /// just made (None where there are no rows to measure).
 pub fn build_baseline(t: &Target, centers: &[Vec<f32>]) -> (Option<f64>, Option<f64>) {
