@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod embedding;
 pub mod error;
+pub mod flags;
 pub mod gucs;
 pub mod hash;
 pub mod ivf;
