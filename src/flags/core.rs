@@ -123,6 +123,8 @@ pub const MAX_VARIANTS: usize = 1000;
 pub enum FlagError {
     #[error("flag key must not be empty")]
     EmptyKey,
+    #[error("flag definition is not valid json: {message}")]
+    InvalidJson { message: String },
     #[error("{at}: must be a json object")]
     NotAnObject { at: String },
     #[error("{at}: unknown key \"{key}\"")]
@@ -953,19 +955,16 @@ impl CompiledFlag {
         check_keys(obj, at, &["description", "environments", "kill_switch", "rules", "variants"])?;
         let description = opt_string(obj, at, "description")?.map(str::to_string);
         let envs = obj.get("environments").ok_or(FlagError::MissingKey { at: at.into(), key: "environments" })?;
-        let envs = envs.as_object().ok_or(FlagError::WrongType {
+        let envs_type = || FlagError::WrongType {
             at: at.into(),
             key: "environments",
             expected: "an object of environment names to booleans",
-        })?;
+        };
+        let envs = envs.as_object().ok_or_else(envs_type)?;
         let mut environments = [false; 3];
         for (name, on) in envs {
             let env = Environment::parse(name)?;
-            environments[env.index()] = on.as_bool().ok_or(FlagError::WrongType {
-                at: format!("flag environment \"{name}\""),
-                key: "enabled",
-                expected: "a boolean",
-            })?;
+            environments[env.index()] = on.as_bool().ok_or_else(envs_type)?;
         }
         let kill_switch = opt_bool(obj, at, "kill_switch")?.unwrap_or(false);
         let mut rules = Vec::new();
@@ -981,9 +980,9 @@ impl CompiledFlag {
         Ok(CompiledFlag { key: key.to_string(), description, environments, kill_switch, rules, variants })
     }
 
-    /// [`CompiledFlag::compile`] from JSON text; text that is not JSON is a `NotAnObject`.
+    /// [`CompiledFlag::compile`] from JSON text.
     pub fn compile_str(key: &str, definition: &str) -> Result<CompiledFlag, FlagError> {
-        let v: Value = serde_json::from_str(definition).map_err(|_| FlagError::NotAnObject { at: "flag".into() })?;
+        let v: Value = serde_json::from_str(definition).map_err(|e| FlagError::InvalidJson { message: e.to_string() })?;
         CompiledFlag::compile(key, &v)
     }
 
@@ -2237,7 +2236,11 @@ mod tests {
     #[test]
     fn rejects_a_definition_that_is_not_an_object() {
         assert_eq!(error(json!([1])), "flag: must be a json object");
-        assert_eq!(CompiledFlag::compile_str("f", "{").unwrap_err().to_string(), "flag: must be a json object");
+        assert_eq!(
+            CompiledFlag::compile_str("f", "{").unwrap_err().to_string(),
+            "flag definition is not valid json: EOF while parsing an object at line 1 column 1"
+        );
+        assert!(CompiledFlag::compile_str("f", r#"{"environments": {"local": true}}"#).is_ok());
         assert_eq!(CompiledFlag::compile("", &json!({"environments": {}})).unwrap_err(), FlagError::EmptyKey);
         assert_eq!(rule_error(json!(3)), "rule 1: must be a json object");
     }
@@ -2259,7 +2262,8 @@ mod tests {
         assert_eq!(error(json!({})), "flag: missing \"environments\"");
         assert_eq!(error(json!({"environments": {}, "kill_switch": "no"})), "flag: \"kill_switch\" must be a boolean");
         assert_eq!(error(json!({"environments": {}, "rules": {}})), "flag: \"rules\" must be an array");
-        assert_eq!(error(json!({"environments": {"staging": 1}})), "flag environment \"staging\": \"enabled\" must be a boolean");
+        assert_eq!(error(json!({"environments": {"staging": 1}})), "flag: \"environments\" must be an object of environment names to booleans");
+        assert_eq!(error(json!({"environments": []})), "flag: \"environments\" must be an object of environment names to booleans");
         assert_eq!(rule_error(json!({"constraints": [{"op": "in", "values": []}]})), "rule 1 constraint 1: missing \"attribute\"");
         assert_eq!(rule_error(json!({"constraints": [{"attribute": "", "op": "in", "values": []}]})), "rule 1 constraint 1: \"attribute\" must be a non-empty string");
         assert_eq!(rule_error(json!({"constraints": [{"attribute": "a", "op": "in"}]})), "rule 1 constraint 1: missing \"values\"");
