@@ -8,6 +8,7 @@ pub mod backtest;
 pub mod config;
 pub mod embedding;
 pub mod error;
+pub mod flags;
 pub mod gucs;
 pub mod hash;
 pub mod ivf;
