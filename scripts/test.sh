@@ -40,4 +40,5 @@ echo "== tier 4: integration tests"
 cargo test --features integration --test embedding -- --test-threads=1
 cargo test --features integration --test prune -- --test-threads=1
 cargo test --features integration --test registry -- --test-threads=1
+cargo test --features integration --test flags -- --test-threads=1
 cargo test --features integration --test integration -- --test-threads=1

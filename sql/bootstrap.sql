@@ -404,6 +404,17 @@ begin
     execute 'grant select on quantops.models, quantops.model_versions, quantops.model_aliases, quantops.alias_history, '
       'quantops.backtest_leaderboard to authenticated';
   end if;
+  -- flags: evaluated by everyone (also inside RLS policies), written by service_role
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
+    execute pg_catalog.format('grant execute on function quantops.flag_enabled(text, jsonb), quantops.evaluate_flag(text, jsonb), '
+      'quantops.require_flag(text, jsonb), quantops._flag_exposure(text, text, boolean, text, text, jsonb) to %I', r);
+  end loop;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
+    execute 'grant select on quantops.flags, quantops.flag_exposures to service_role';
+    execute 'grant execute on function quantops.set_flag(text, jsonb), quantops.kill_flag(text, boolean), '
+      'quantops.drop_flag(text) to service_role';
+  end if;
   foreach r in array array['authenticated', 'service_role'] loop
     continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
     execute pg_catalog.format('grant execute on function quantops.alias_asof(text, text, timestamptz), '

@@ -41,6 +41,11 @@ comment on function quantops.maintain_index(regclass, boolean, boolean) is
 -- The other Rust functions run with an empty search_path too: their SQL is fully qualified.
 alter function quantops.backtest_metrics(double precision[], integer, double precision) set search_path = '';
 alter function quantops._index_state() security definer set search_path = '';
+alter function quantops.evaluate_flag(text, jsonb) set search_path = '';
+alter function quantops.require_flag(text, jsonb) set search_path = '';
+alter function quantops._flag_check(text, jsonb) set search_path = '';
+alter function quantops._flags_invalidate() set search_path = '';
+alter function quantops._flag_bench_rust(bigint) set search_path = '';
 alter function quantops.verify_audit(text) set search_path = '';
 alter function quantops.status() set search_path = '';
 alter function quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[]) set search_path = '';

@@ -1,13 +1,26 @@
 //! Every quantops GUC: private statics, one `init()`, public accessors. The `quantops.` prefix is
 //! reserved, so a misspelt `quantops.*` setting is an error rather than a silent placeholder.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static NAPTIME_S: GucSetting<i32> = GucSetting::<i32>::new(10);
 static EMBEDDING_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static ENVIRONMENT: GucSetting<FlagEnvironment> = GucSetting::<FlagEnvironment>::new(FlagEnvironment::Production);
+static FLAG_EXPOSURE_SAMPLE: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+
+/// The environment feature flags are evaluated in.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FlagEnvironment {
+    #[name = c"local"]
+    Local,
+    #[name = c"staging"]
+    Staging,
+    #[name = c"production"]
+    Production,
+}
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -44,6 +57,24 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_enum_guc(
+        c"quantops.environment",
+        c"The environment feature flags are evaluated in: local, staging or production.",
+        c"A flag is on only where its definition enables it; set it per server or per database (ALTER DATABASE ... SET, superuser).",
+        &ENVIRONMENT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"quantops.flag_exposure_sample",
+        c"Share of quantops.evaluate_flag() calls logged in quantops.flag_exposures (0 = none).",
+        c"For experiments: which context got which variant. flag_enabled() never logs.",
+        &FLAG_EXPOSURE_SAMPLE,
+        0.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"quantops".as_ptr()) };
 }
 
@@ -66,4 +97,12 @@ pub fn naptime() -> std::time::Duration {
 /// The path of the provider's API key file, if set. Only the worker reads it.
 pub fn embedding_api_key_file() -> Option<String> {
     EMBEDDING_API_KEY_FILE.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty())
+}
+
+pub fn environment() -> FlagEnvironment {
+    ENVIRONMENT.get()
+}
+
+pub fn flag_exposure_sample() -> f64 {
+    FLAG_EXPOSURE_SAMPLE.get()
 }

@@ -21,6 +21,7 @@ pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap)
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding", requires = ["bootstrap"]);
 pgrx::extension_sql_file!("../sql/prune.sql", name = "prune", requires = ["embedding"]);
 pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", requires = ["prune"]);
+pgrx::extension_sql_file!("../sql/flags.sql", name = "flags", requires = ["registry"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]

@@ -58,6 +58,8 @@ fn table_select_rules() -> BTreeMap<&'static str, [See; 3]> {
         ("alias_history", [Denied, Own, All]),
         ("promotion_policies", [Denied, Denied, All]),
         ("outbox", [Denied, Denied, All]),
+        ("flags", [Denied, Denied, All]),
+        ("flag_exposures", [Denied, Denied, All]),
     ])
 }
 
@@ -274,6 +276,19 @@ fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
         ("record_backtest(text,text,timestamp with time zone,timestamp with time zone,double precision,double precision,double precision,double precision,double precision,double precision,double precision,integer,jsonb,text,integer,text)", [false, false, true]),
         ("discover(text,text)", [false, true, true]),
         ("backtest_metrics(double precision[],integer,double precision)", [false, true, true]),
+        ("flag_enabled(text,jsonb)", [true, true, true]),
+        ("evaluate_flag(text,jsonb)", [true, true, true]),
+        ("require_flag(text,jsonb)", [true, true, true]),
+        ("_flag_exposure(text,text,boolean,text,text,jsonb)", [true, true, true]),
+        ("set_flag(text,jsonb)", [false, false, true]),
+        ("kill_flag(text,boolean)", [false, false, true]),
+        ("drop_flag(text)", [false, false, true]),
+        ("_flag_check(text,jsonb)", [false, false, false]),
+        ("_flags_invalidate()", [false, false, false]),
+        ("_flags_validate()", [false, false, false]),
+        ("_flags_changed()", [false, false, false]),
+        ("_flags_truncated()", [false, false, false]),
+        ("_flag_bench_rust(bigint)", [false, false, false]),
     ])
 }
 
@@ -352,6 +367,9 @@ fn role_matrix_calls_through_postgrest() {
         ("backtest_metrics(double precision[],integer,double precision)", "select * from quantops.backtest_metrics(array[0.01, -0.02])"),
         ("create_model(text,text,text)", "select quantops.create_model('matrix-model')"),
         ("artifacts_to_delete(interval)", "select count(*) from quantops.artifacts_to_delete()"),
+        ("flag_enabled(text,jsonb)", "select quantops.flag_enabled('no.such.flag')"),
+        ("evaluate_flag(text,jsonb)", "select * from quantops.evaluate_flag('no.such.flag')"),
+        ("set_flag(text,jsonb)", "select quantops.set_flag('matrix.flag', '{\"environments\": {\"local\": true}}')"),
     ];
     let rules = function_rules();
     for who in who_all() {

@@ -1,0 +1,451 @@
+//! The SQL surface of feature flags: `flag_enabled` (a plain C-convention function: it reads its
+//! jsonb context in place, no text round trip), `evaluate_flag`, `require_flag`, and the cache of
+//! compiled flags each backend keeps.
+//!
+//! The cache: compiled flags per backend, keyed by flag key (unknown keys cached too). Any write
+//! to quantops.flags calls `_flags_invalidate()` (a trigger), which queues a relcache
+//! invalidation of the table: PostgreSQL delivers it to this backend at the next command of the
+//! same transaction (so a transaction sees its own change at once) and to the others when the
+//! transaction commits (never before; never at all on rollback). Our relcache callback then
+//! clears the cache. Checking it costs a comparison of two integers.
+
+use super::core::{self as flags, CompiledFlag, Context, ContextValue, Environment, ErrorCode, Evaluation, FlagError};
+use crate::error::SqlError;
+use crate::{gucs, sql_error};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::{Map, Number, Value};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+impl SqlError for FlagError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+    }
+    fn hint(&self) -> Option<String> {
+        Some("see the flag definition format in the README (Feature flags)".into())
+    }
+}
+sql_error!(FlagError);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("flag \"{key}\" is off{for_}: {reason}")]
+    Off { key: String, for_: String, reason: String },
+}
+impl SqlError for GateError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+    }
+    fn hint(&self) -> Option<String> {
+        Some("quantops.evaluate_flag(key, context) tells why".into())
+    }
+}
+sql_error!(GateError);
+
+// ---------------------------------------------------------------------------------------------
+// the cache
+
+thread_local! {
+    /// Bumped by the relcache callback; the cache is valid while its generation equals this.
+    static GENERATION: Cell<u64> = const { Cell::new(1) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// quantops.flags's oid, 0 until looked up (reset on a full invalidation).
+    static FLAGS_OID: Cell<u32> = const { Cell::new(0) };
+    static CACHE: RefCell<Cache> = RefCell::new(Cache { generation: 0, flags: HashMap::new(), owner: None });
+}
+
+struct Cache {
+    generation: u64,
+    flags: HashMap<String, Option<Rc<CompiledFlag>>>,
+    owner: Option<pg_sys::Oid>,
+}
+
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = FLAGS_OID.with(|o| o.get());
+    if relid == pg_sys::InvalidOid || ours == 0 || relid.to_u32() == ours {
+        GENERATION.with(|g| g.set(g.get() + 1));
+        if relid == pg_sys::InvalidOid {
+            FLAGS_OID.with(|o| o.set(0));
+        }
+    }
+}
+
+fn ensure_callback() {
+    if !CALLBACK_REGISTERED.with(|c| c.get()) {
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize)) };
+        CALLBACK_REGISTERED.with(|c| c.set(true));
+    }
+}
+
+fn flags_oid() -> u32 {
+    let o = FLAGS_OID.with(|o| o.get());
+    if o != 0 {
+        return o;
+    }
+    let oid = Spi::get_one::<pg_sys::Oid>("select pg_catalog.to_regclass('quantops.flags')::oid")
+        .ok()
+        .flatten()
+        .map(|o| o.to_u32())
+        .unwrap_or(0);
+    FLAGS_OID.with(|c| c.set(oid));
+    oid
+}
+
+/// Reads one flag's definition as the extension's owner (the table is not granted to callers:
+/// its targeting rules may name users), and compiles it. A definition that no longer compiles
+/// (written by a newer version, say) is an error for evaluate_flag, false for flag_enabled.
+fn load(key: &str, owner: pg_sys::Oid) -> Result<Option<Rc<CompiledFlag>>, FlagError> {
+    let mut save_user = pg_sys::InvalidOid;
+    let mut save_ctx = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_ctx);
+        pg_sys::SetUserIdAndSecContext(owner, save_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let def = Spi::get_one_with_args::<JsonB>("select definition from quantops.flags where key = $1", &[key.into()]);
+    unsafe { pg_sys::SetUserIdAndSecContext(save_user, save_ctx) };
+    match def.ok().flatten() {
+        None => Ok(None),
+        Some(JsonB(v)) => Ok(Some(Rc::new(CompiledFlag::compile(key, &v)?))),
+    }
+}
+
+fn extension_owner() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>("select extowner from pg_catalog.pg_extension where extname = 'quantops'")
+        .ok()
+        .flatten()
+        .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())
+}
+
+/// The compiled flag for `key` (None: no such flag), from the cache when it is current.
+fn lookup(key: &str) -> Result<Option<Rc<CompiledFlag>>, FlagError> {
+    ensure_callback();
+    let generation = GENERATION.with(|g| g.get());
+    let hit = CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.generation != generation {
+            c.flags.clear();
+            c.owner = None;
+            c.generation = generation;
+            return None;
+        }
+        c.flags.get(key).cloned()
+    });
+    if let Some(h) = hit {
+        return Ok(h);
+    }
+    flags_oid();
+    let owner = match CACHE.with(|c| c.borrow().owner) {
+        Some(o) => o,
+        None => {
+            let o = extension_owner();
+            CACHE.with(|c| c.borrow_mut().owner = Some(o));
+            o
+        }
+    };
+    let f = load(key, owner)?;
+    // a load that raced an invalidation is not cached
+    if GENERATION.with(|g| g.get()) == generation {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.flags.len() > 10_000 {
+                c.flags.clear();
+            }
+            c.flags.insert(key.to_string(), f.clone());
+        });
+    }
+    Ok(f)
+}
+
+fn environment() -> Environment {
+    match gucs::environment() {
+        gucs::FlagEnvironment::Local => Environment::Local,
+        gucs::FlagEnvironment::Staging => Environment::Staging,
+        gucs::FlagEnvironment::Production => Environment::Production,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// a jsonb context read in place
+
+/// The top-level scalars of a jsonb object, read lazily on the first lookup, borrowing the
+/// detoasted jsonb. Numbers are spelled as jsonb prints them (`42`, `1.5`).
+struct JsonbContext {
+    jsonb: *mut pg_sys::Jsonb,
+    entries: OnceCell<Vec<(&'static str, Scalar)>>,
+}
+
+enum Scalar {
+    Str(&'static str),
+    Num(Number),
+    Bool(bool),
+}
+
+impl JsonbContext {
+    /// # Safety
+    /// `datum` is a jsonb datum that outlives the context (the function call's arguments).
+    unsafe fn new(datum: pg_sys::Datum) -> JsonbContext {
+        let p = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+        JsonbContext { jsonb: p, entries: OnceCell::new() }
+    }
+
+    fn is_object(&self) -> bool {
+        // JB_FOBJECT in the container header; a scalar is stored as a one-element array
+        unsafe { ((*self.jsonb).root.header & pg_sys::JB_FOBJECT) != 0 }
+    }
+
+    fn entries(&self) -> &Vec<(&'static str, Scalar)> {
+        self.entries.get_or_init(|| unsafe { read_object(self.jsonb) })
+    }
+}
+
+unsafe fn read_object(jb: *mut pg_sys::Jsonb) -> Vec<(&'static str, Scalar)> {
+    let mut out = Vec::new();
+    if ((*jb).root.header & pg_sys::JB_FOBJECT) == 0 {
+        return out;
+    }
+    let mut it = pg_sys::JsonbIteratorInit(&mut (*jb).root);
+    let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+    let mut key: Option<&'static str> = None;
+    loop {
+        let tok = pg_sys::JsonbIteratorNext(&mut it, &mut v, true);
+        match tok {
+            pg_sys::JsonbIteratorToken::WJB_DONE => break,
+            pg_sys::JsonbIteratorToken::WJB_KEY => {
+                key = Some(jbv_str(&v));
+            }
+            pg_sys::JsonbIteratorToken::WJB_VALUE => {
+                if let Some(k) = key.take() {
+                    let s = match v.type_ {
+                        pg_sys::jbvType::jbvString => Some(Scalar::Str(jbv_str(&v))),
+                        pg_sys::jbvType::jbvBool => Some(Scalar::Bool(v.val.boolean)),
+                        pg_sys::jbvType::jbvNumeric => {
+                            let c = pg_sys::numeric_normalize(v.val.numeric);
+                            let text = std::ffi::CStr::from_ptr(c).to_str().unwrap_or("");
+                            let n = text.parse::<Number>().ok();
+                            pg_sys::pfree(c.cast());
+                            n.map(Scalar::Num)
+                        }
+                        _ => None,
+                    };
+                    if let Some(s) = s {
+                        out.push((k, s));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+unsafe fn jbv_str(v: &pg_sys::JsonbValue) -> &'static str {
+    let s = v.val.string;
+    let bytes = std::slice::from_raw_parts(s.val as *const u8, s.len.max(0) as usize);
+    // jsonb text is valid UTF-8 in a UTF-8 database; anything else counts as missing
+    std::str::from_utf8(bytes).unwrap_or("")
+}
+
+impl Context for JsonbContext {
+    fn get(&self, key: &str) -> Option<ContextValue<'_>> {
+        self.entries().iter().find(|(k, _)| *k == key).map(|(_, s)| match s {
+            Scalar::Str(x) => ContextValue::Str(x),
+            Scalar::Num(n) => ContextValue::Number(n),
+            Scalar::Bool(b) => ContextValue::Bool(*b),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// flag_enabled: the hot path, C calling convention
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_quantops_flag_enabled() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `quantops.flag_enabled(key text, context jsonb default '{}') returns boolean`: whether the flag
+/// is on for this context in quantops.environment. Never raises for an unknown flag or a bad
+/// context (false); usable in RLS policies.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn quantops_flag_enabled(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let nargs = (*fcinfo).nargs as usize;
+    let args = (*fcinfo).args.as_slice(nargs);
+    let out = |b: bool| pg_sys::Datum::from(b);
+    if nargs < 1 || args[0].isnull {
+        return out(false);
+    }
+    let key_ptr = pg_sys::pg_detoast_datum_packed(args[0].value.cast_mut_ptr());
+    let key = pgrx::varlena::text_to_rust_str(key_ptr).unwrap_or("");
+    let flag = match lookup(key) {
+        Ok(Some(f)) => f,
+        _ => return out(false),
+    };
+    let env = environment();
+    if nargs < 2 || args[1].isnull {
+        let empty = Map::new();
+        return out(flag.evaluate(env, &empty).value);
+    }
+    let ctx = JsonbContext::new(args[1].value);
+    if !ctx.is_object() {
+        return out(false);
+    }
+    out(flag.evaluate(env, &ctx).value)
+}
+
+// ---------------------------------------------------------------------------------------------
+// evaluate_flag, require_flag and the writers' helpers
+
+/// The whole resolution, in OpenFeature's vocabulary: value, variant, payload, reason, error code.
+fn resolve(key: &str, context: &Value) -> (bool, Option<String>, Option<Value>, &'static str, Option<&'static str>, Option<String>, Option<i32>) {
+    let flag = match lookup(key) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let e = Evaluation::flag_not_found(false);
+            return (e.value, None, None, e.reason.as_str(), e.error_code.map(|c| c.as_str()), Some(format!("flag \"{key}\" does not exist")), None);
+        }
+        Err(err) => {
+            let e = Evaluation::error(ErrorCode::ParseError, false);
+            return (e.value, None, None, e.reason.as_str(), e.error_code.map(|c| c.as_str()), Some(err.to_string()), None);
+        }
+    };
+    let Some(obj) = context.as_object() else {
+        let e = Evaluation::error(ErrorCode::InvalidContext, false);
+        return (e.value, None, None, e.reason.as_str(), e.error_code.map(|c| c.as_str()), Some("context must be a json object".into()), None);
+    };
+    let e = flag.evaluate(environment(), obj);
+    (
+        e.value,
+        e.variant.map(str::to_string),
+        e.payload.cloned(),
+        e.reason.as_str(),
+        e.error_code.map(|c| c.as_str()),
+        None,
+        e.rule.map(|r| r as i32 + 1),
+    )
+}
+
+/// Evaluates a flag for a context: value, variant, payload, reason (STATIC, TARGETING_MATCH,
+/// SPLIT, DISABLED, DEFAULT, ERROR), error code (FLAG_NOT_FOUND, PARSE_ERROR, INVALID_CONTEXT),
+/// the deciding rule (from 1). Never raises for an unknown flag. With quantops.flag_exposure_sample
+/// above 0, a sample of evaluations is logged in quantops.flag_exposures.
+#[pg_extern(volatile, parallel_unsafe)]
+fn evaluate_flag(
+    key: Option<&str>,
+    context: default!(Option<JsonB>, "'{}'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(value, bool),
+        name!(variant, Option<String>),
+        name!(payload, Option<JsonB>),
+        name!(reason, String),
+        name!(error_code, Option<String>),
+        name!(error_message, Option<String>),
+        name!(rule, Option<i32>),
+    ),
+> {
+    let key = key.unwrap_or("");
+    let ctx = context.map(|j| j.0).unwrap_or_else(|| Value::Object(Map::new()));
+    let (value, variant, payload, reason, code, message, rule) = resolve(key, &ctx);
+    let rate = gucs::flag_exposure_sample();
+    if rate > 0.0 && reason != "ERROR" && sampled(rate) {
+        crate::spi::run(
+            "logging a flag exposure",
+            "select quantops._flag_exposure($1, $2, $3, $4, $5, $6)",
+            &[
+                key.into(),
+                environment().name().into(),
+                value.into(),
+                variant.clone().into(),
+                reason.into(),
+                JsonB(ctx).into(),
+            ],
+        );
+    }
+    TableIterator::once((value, variant, payload.map(JsonB), reason.to_string(), code.map(str::to_string), message, rule))
+}
+
+thread_local! {
+    static SAMPLE_STATE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A deterministic per-backend stream decides which evaluations are logged.
+fn sampled(rate: f64) -> bool {
+    let x = SAMPLE_STATE.with(|s| {
+        let n = s.get().wrapping_add(1);
+        s.set(n);
+        crate::hash::splitmix64(unsafe { pg_sys::MyProcPid } as u64, n)
+    });
+    ((x >> 11) as f64 / (1u64 << 53) as f64) < rate
+}
+
+/// Raises 55000 when the flag is off for the context (for functions and flows that must not run
+/// a gated strategy); returns true otherwise.
+#[pg_extern(stable, parallel_safe)]
+fn require_flag(key: Option<&str>, context: default!(Option<JsonB>, "'{}'")) -> Result<bool, ErrorReport> {
+    let key = key.unwrap_or("");
+    let ctx = context.map(|j| j.0).unwrap_or_else(|| Value::Object(Map::new()));
+    let (value, _, _, reason, code, message, _) = resolve(key, &ctx);
+    if value {
+        return Ok(true);
+    }
+    let who = ["user_id", "userId", "strategy", "role"]
+        .iter()
+        .filter_map(|k| ctx.get(*k).map(|v| format!("{k} {v}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let why = match (code, message) {
+        (Some(c), Some(m)) => format!("{reason} ({c}: {m})"),
+        _ => reason.to_string(),
+    };
+    Err(GateError::Off { key: key.to_string(), for_: if who.is_empty() { String::new() } else { format!(" for {who}") }, reason: why }.into())
+}
+
+/// Validates a definition (22023 says what is wrong); the trigger on quantops.flags calls it.
+#[pg_extern(immutable, parallel_safe, name = "_flag_check")]
+fn flag_check(key: &str, definition: JsonB) -> Result<bool, ErrorReport> {
+    flags::validate(key, &definition.0)?;
+    Ok(true)
+}
+
+/// Queues the relcache invalidation of quantops.flags (the write trigger calls it).
+#[pg_extern(volatile, name = "_flags_invalidate")]
+fn flags_invalidate() {
+    let oid = flags_oid();
+    if oid != 0 {
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(pg_sys::Oid::from(oid)) };
+    }
+}
+
+/// The pure Rust evaluator alone, for the benchmark: `n` evaluations of a flag with one
+/// constraint and a 25 % rollout over prepared contexts. Returns {evaluations, enabled, seconds,
+/// per_second, ns_per_evaluation}.
+#[pg_extern(volatile, name = "_flag_bench_rust")]
+fn flag_bench_rust(n: i64) -> JsonB {
+    let n = n.clamp(1, 1_000_000_000) as u64;
+    let (enabled, d) = flags::bench_evaluations(n);
+    let s = d.as_secs_f64().max(1e-9);
+    JsonB(serde_json::json!({ "evaluations": n, "enabled": enabled, "seconds": s,
+                              "per_second": n as f64 / s, "ns_per_evaluation": s * 1e9 / n as f64 }))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn flag_in_a_transaction_sees_its_own_change() {
+        Spi::run("select quantops.set_flag('t.one', '{\"environments\": {\"production\": true}}')").unwrap();
+        assert_eq!(Spi::get_one::<bool>("select quantops.flag_enabled('t.one')").unwrap(), Some(true));
+        Spi::run("select quantops.kill_flag('t.one')").unwrap();
+        assert_eq!(Spi::get_one::<bool>("select quantops.flag_enabled('t.one')").unwrap(), Some(false));
+        assert_eq!(Spi::get_one::<bool>("select quantops.flag_enabled('no.such.flag')").unwrap(), Some(false));
+    }
+}
