@@ -44,5 +44,6 @@ for _ in $(seq 1 120); do
 done
 psql_ -f scripts/sql/demo_prune_after.sql
 psql_ -f scripts/sql/demo_registry.sql
+psql_ -f scripts/sql/demo_flags.sql
 echo
 echo "done. psql: scripts/cluster.sh psql     tests: scripts/test.sh"

@@ -2,6 +2,10 @@
 -- history as non-overlapping time ranges, promotion policies, an outbox; validated backtests.
 -- Runs after prune.sql; the Rust functions it calls at run time are created after it.
 
+-- the gates read a version's newest backtest
+create index backtest_results_model_idx on quantops.backtest_results (model_name, model_version, created_at desc)
+  where model_name is not null;
+
 alter table quantops.settings add column artifact_check text not null default 'storage'
   check (artifact_check in ('storage', 'off'));
 comment on column quantops.settings.artifact_check is
@@ -207,19 +211,17 @@ begin
 end
 $$;
 
--- Whether storage.objects has an object under bucket/prefix (dynamic: storage may not exist).
+-- Whether storage.objects has an object under bucket/prefix. The caller checked that
+-- storage.objects exists (PL/pgSQL plans this query at its first use only). The prefix range
+-- [prefix, prefix || U+10FFFF) in the "C" collation, within the bucket.
 create function quantops._artifact_exists(bucket text, prefix text) returns boolean
 language plpgsql
 stable
 set search_path = ''
 as $$
-declare
-  found_one boolean;
 begin
-  execute 'select exists (select 1 from storage.objects o where o.bucket_id = $1 and o.name like $2 escape ''\'')'
-    into found_one
-    using bucket, pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%';
-  return found_one;
+  return exists (select 1 from storage.objects o
+                  where o.bucket_id = bucket and pg_catalog.left(o.name, pg_catalog.length(prefix)) = prefix);
 end
 $$;
 
@@ -232,6 +234,10 @@ declare
   bad text[];
 begin
   if tg_op = 'UPDATE' and new.version = old.version and new.model_id = old.model_id and new.alias = old.alias then
+    return null;
+  end if;
+  -- promote() checked these very gates a moment ago in this transaction
+  if quantops._gates_consume(pg_catalog.format('%s:%s:%s', new.model_id, new.alias, new.version)) then
     return null;
   end if;
   bad := quantops._gate_violations(new.model_id, new.version, new.alias);
@@ -435,6 +441,7 @@ begin
             hint = 'the gates are quantops.promotion_policies and the artifact in storage.objects';
   end if;
   perform pg_catalog.set_config('quantops_registry.reason', coalesce(reason, 'promote'), true);
+  perform quantops._gates_passed(pg_catalog.format('%s:%s:%s', m.id, alias, version));
   if cur.id is null then
     insert into quantops.model_aliases (model_id, alias, version) values (m.id, alias, version);
   elsif cur.version <> version then

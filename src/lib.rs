@@ -14,6 +14,7 @@ pub mod hash;
 pub mod ivf;
 pub mod jobs;
 pub mod prune;
+pub mod registry;
 pub mod spi;
 pub mod workers;
 

@@ -54,6 +54,19 @@ fn bucketing_matches_unleash() {
     let v: bool = c.query_one("select quantops.flag_enabled($1, '{\"user_id\": \"17\"}')", &[&k]).unwrap().get(0);
     let v2: bool = c.query_one("select quantops.flag_enabled($1, '{\"user_id\": 17}')", &[&k]).unwrap().get(0);
     assert_eq!(v, v2, "an id as string and as number are the same user");
+    // every function reads a number the same way: 20.0 is the user "20" for all of them
+    for ctx in ["{\"user_id\": 20.0}", "{\"user_id\": 20}", "{\"user_id\": \"20\"}"] {
+        let r = c
+            .query_one(
+                "select quantops.flag_enabled($1, $2::text::jsonb), (select value from quantops.evaluate_flag($1, $2::text::jsonb))",
+                &[&k, &ctx],
+            )
+            .unwrap();
+        let (a, b): (bool, bool) = (r.get(0), r.get(1));
+        assert_eq!(a, b, "flag_enabled and evaluate_flag disagree on {ctx}");
+        let base: bool = c.query_one("select quantops.flag_enabled($1, '{\"user_id\": \"20\"}')", &[&k]).unwrap().get(0);
+        assert_eq!(a, base, "{ctx} is not the user \"20\"");
+    }
 }
 
 #[test]

@@ -289,6 +289,8 @@ fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
         ("_flags_changed()", [false, false, false]),
         ("_flags_truncated()", [false, false, false]),
         ("_flag_bench_rust(bigint)", [false, false, false]),
+        ("_gates_passed(text)", [false, false, false]),
+        ("_gates_consume(text)", [false, false, false]),
     ])
 }
 

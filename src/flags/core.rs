@@ -50,7 +50,8 @@
 //! `session_id` `sessionId` and `remote_address` `remoteAddress`: the rule's spelling is looked
 //! up first, then the other. A null, an array or an object counts as missing. Numbers compare as
 //! text by their JSON spelling (`42`), booleans as `true`/`false`; numeric ops also accept a
-//! string that parses as a finite number (`"12.0"`).
+//! string that parses as a finite number (`"12.0"`). The SQL shell hands numbers over as
+//! PostgreSQL normalises them (`20` for `20.0`, as JavaScript prints it), for every function.
 //!
 //! # Evaluation, in OpenFeature's vocabulary
 //!

@@ -15,8 +15,8 @@ use crate::{gucs, sql_error};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
-use serde_json::{Map, Number, Value};
-use std::cell::{Cell, OnceCell, RefCell};
+use serde_json::{Map, Value};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -170,91 +170,61 @@ fn environment() -> Environment {
 // ---------------------------------------------------------------------------------------------
 // a jsonb context read in place
 
-/// The top-level scalars of a jsonb object, read lazily on the first lookup, borrowing the
-/// detoasted jsonb. Numbers are spelled as jsonb prints them (`42`, `1.5`).
+/// A jsonb object context, read in place: each attribute the flag asks for is looked up in the
+/// jsonb's sorted keys (a binary search), nothing is converted up front. A number is given as
+/// its text as PostgreSQL normalises it (`42`, `20` for `20.0`, as JavaScript prints it), a
+/// string as is, a boolean as a boolean; null, arrays and objects count as missing. Every
+/// quantops function reads contexts this way, so they all agree on a flag.
 struct JsonbContext {
-    jsonb: *mut pg_sys::Jsonb,
-    entries: OnceCell<Vec<(&'static str, Scalar)>>,
-}
-
-enum Scalar {
-    Str(&'static str),
-    Num(Number),
-    Bool(bool),
+    root: *mut pg_sys::JsonbContainer,
+    object: bool,
+    /// normalised number texts handed out by get(), kept until the context is dropped
+    texts: std::cell::UnsafeCell<Vec<Box<str>>>,
 }
 
 impl JsonbContext {
     /// # Safety
     /// `datum` is a jsonb datum that outlives the context (the function call's arguments).
     unsafe fn new(datum: pg_sys::Datum) -> JsonbContext {
-        let p = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
-        JsonbContext { jsonb: p, entries: OnceCell::new() }
+        let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+        let root = &raw mut (*jb).root;
+        // JB_FOBJECT in the container header (a scalar is stored as a one-element array)
+        let object = ((*root).header & pg_sys::JB_FOBJECT) != 0;
+        JsonbContext { root, object, texts: std::cell::UnsafeCell::new(Vec::new()) }
     }
-
-    fn is_object(&self) -> bool {
-        // JB_FOBJECT in the container header; a scalar is stored as a one-element array
-        unsafe { ((*self.jsonb).root.header & pg_sys::JB_FOBJECT) != 0 }
-    }
-
-    fn entries(&self) -> &Vec<(&'static str, Scalar)> {
-        self.entries.get_or_init(|| unsafe { read_object(self.jsonb) })
-    }
-}
-
-unsafe fn read_object(jb: *mut pg_sys::Jsonb) -> Vec<(&'static str, Scalar)> {
-    let mut out = Vec::new();
-    if ((*jb).root.header & pg_sys::JB_FOBJECT) == 0 {
-        return out;
-    }
-    let mut it = pg_sys::JsonbIteratorInit(&mut (*jb).root);
-    let mut v: pg_sys::JsonbValue = std::mem::zeroed();
-    let mut key: Option<&'static str> = None;
-    loop {
-        let tok = pg_sys::JsonbIteratorNext(&mut it, &mut v, true);
-        match tok {
-            pg_sys::JsonbIteratorToken::WJB_DONE => break,
-            pg_sys::JsonbIteratorToken::WJB_KEY => {
-                key = Some(jbv_str(&v));
-            }
-            pg_sys::JsonbIteratorToken::WJB_VALUE => {
-                if let Some(k) = key.take() {
-                    let s = match v.type_ {
-                        pg_sys::jbvType::jbvString => Some(Scalar::Str(jbv_str(&v))),
-                        pg_sys::jbvType::jbvBool => Some(Scalar::Bool(v.val.boolean)),
-                        pg_sys::jbvType::jbvNumeric => {
-                            let c = pg_sys::numeric_normalize(v.val.numeric);
-                            let text = std::ffi::CStr::from_ptr(c).to_str().unwrap_or("");
-                            let n = text.parse::<Number>().ok();
-                            pg_sys::pfree(c.cast());
-                            n.map(Scalar::Num)
-                        }
-                        _ => None,
-                    };
-                    if let Some(s) = s {
-                        out.push((k, s));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-unsafe fn jbv_str(v: &pg_sys::JsonbValue) -> &'static str {
-    let s = v.val.string;
-    let bytes = std::slice::from_raw_parts(s.val as *const u8, s.len.max(0) as usize);
-    // jsonb text is valid UTF-8 in a UTF-8 database; anything else counts as missing
-    std::str::from_utf8(bytes).unwrap_or("")
 }
 
 impl Context for JsonbContext {
     fn get(&self, key: &str) -> Option<ContextValue<'_>> {
-        self.entries().iter().find(|(k, _)| *k == key).map(|(_, s)| match s {
-            Scalar::Str(x) => ContextValue::Str(x),
-            Scalar::Num(n) => ContextValue::Number(n),
-            Scalar::Bool(b) => ContextValue::Bool(*b),
-        })
+        if !self.object {
+            return None;
+        }
+        unsafe {
+            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+            let found = pg_sys::getKeyJsonValueFromContainer(self.root, key.as_ptr().cast(), key.len() as i32, &mut v);
+            if found.is_null() {
+                return None;
+            }
+            match v.type_ {
+                pg_sys::jbvType::jbvString => {
+                    let st = v.val.string;
+                    let bytes = std::slice::from_raw_parts(st.val as *const u8, st.len.max(0) as usize);
+                    std::str::from_utf8(bytes).ok().map(ContextValue::Str)
+                }
+                pg_sys::jbvType::jbvBool => Some(ContextValue::Bool(v.val.boolean)),
+                pg_sys::jbvType::jbvNumeric => {
+                    let c = pg_sys::numeric_normalize(v.val.numeric);
+                    let text: Box<str> = std::ffi::CStr::from_ptr(c).to_str().unwrap_or("").into();
+                    pg_sys::pfree(c.cast());
+                    // the Box's heap text never moves; the Vec only grows while self lives
+                    let texts = &mut *self.texts.get();
+                    texts.push(text);
+                    let s: &str = texts.last().map(|b| &**b).unwrap_or("");
+                    Some(ContextValue::Str(&*(s as *const str)))
+                }
+                _ => None,
+            }
+        }
     }
 }
 
@@ -292,7 +262,7 @@ pub unsafe extern "C-unwind" fn quantops_flag_enabled(fcinfo: pg_sys::FunctionCa
         return out(flag.evaluate(env, &empty).value);
     }
     let ctx = JsonbContext::new(args[1].value);
-    if !ctx.is_object() {
+    if !ctx.object {
         return out(false);
     }
     out(flag.evaluate(env, &ctx).value)
@@ -301,33 +271,61 @@ pub unsafe extern "C-unwind" fn quantops_flag_enabled(fcinfo: pg_sys::FunctionCa
 // ---------------------------------------------------------------------------------------------
 // evaluate_flag, require_flag and the writers' helpers
 
-/// The whole resolution, in OpenFeature's vocabulary: value, variant, payload, reason, error code.
-fn resolve(key: &str, context: &Value) -> (bool, Option<String>, Option<Value>, &'static str, Option<&'static str>, Option<String>, Option<i32>) {
+/// One resolution in OpenFeature's vocabulary.
+struct Resolution {
+    value: bool,
+    variant: Option<String>,
+    payload: Option<Value>,
+    reason: &'static str,
+    code: Option<&'static str>,
+    message: Option<String>,
+    rule: Option<i32>,
+}
+
+fn error_resolution(code: ErrorCode, message: String) -> Resolution {
+    let e = Evaluation::error(code, false);
+    Resolution { value: e.value, variant: None, payload: None, reason: e.reason.as_str(), code: e.error_code.map(|c| c.as_str()), message: Some(message), rule: None }
+}
+
+/// The whole resolution for the jsonb context argument `arg` of this call (read in place, as
+/// flag_enabled reads it; a NULL context is an empty one).
+unsafe fn resolve_arg(key: &str, fcinfo: pg_sys::FunctionCallInfo, arg: usize) -> Resolution {
     let flag = match lookup(key) {
         Ok(Some(f)) => f,
-        Ok(None) => {
-            let e = Evaluation::flag_not_found(false);
-            return (e.value, None, None, e.reason.as_str(), e.error_code.map(|c| c.as_str()), Some(format!("flag \"{key}\" does not exist")), None);
-        }
-        Err(err) => {
-            let e = Evaluation::error(ErrorCode::ParseError, false);
-            return (e.value, None, None, e.reason.as_str(), e.error_code.map(|c| c.as_str()), Some(err.to_string()), None);
-        }
+        Ok(None) => return error_resolution(ErrorCode::FlagNotFound, format!("flag \"{key}\" does not exist")),
+        Err(err) => return error_resolution(ErrorCode::ParseError, err.to_string()),
     };
-    let Some(obj) = context.as_object() else {
-        let e = Evaluation::error(ErrorCode::InvalidContext, false);
-        return (e.value, None, None, e.reason.as_str(), e.error_code.map(|c| c.as_str()), Some("context must be a json object".into()), None);
+    let nargs = (*fcinfo).nargs as usize;
+    let args = (*fcinfo).args.as_slice(nargs);
+    let env = environment();
+    let e = if arg >= nargs || args[arg].isnull {
+        flag.evaluate(env, &Map::new())
+    } else {
+        let ctx = JsonbContext::new(args[arg].value);
+        if !ctx.object {
+            return error_resolution(ErrorCode::InvalidContext, "context must be a json object".into());
+        }
+        let e = flag.evaluate(env, &ctx);
+        // copy out before the context goes
+        return Resolution {
+            value: e.value,
+            variant: e.variant.map(str::to_string),
+            payload: e.payload.cloned(),
+            reason: e.reason.as_str(),
+            code: e.error_code.map(|c| c.as_str()),
+            message: None,
+            rule: e.rule.map(|r| r as i32 + 1),
+        };
     };
-    let e = flag.evaluate(environment(), obj);
-    (
-        e.value,
-        e.variant.map(str::to_string),
-        e.payload.cloned(),
-        e.reason.as_str(),
-        e.error_code.map(|c| c.as_str()),
-        None,
-        e.rule.map(|r| r as i32 + 1),
-    )
+    Resolution {
+        value: e.value,
+        variant: e.variant.map(str::to_string),
+        payload: e.payload.cloned(),
+        reason: e.reason.as_str(),
+        code: e.error_code.map(|c| c.as_str()),
+        message: None,
+        rule: e.rule.map(|r| r as i32 + 1),
+    }
 }
 
 /// Evaluates a flag for a context: value, variant, payload, reason (STATIC, TARGETING_MATCH,
@@ -336,6 +334,7 @@ fn resolve(key: &str, context: &Value) -> (bool, Option<String>, Option<Value>, 
 /// above 0, a sample of evaluations is logged in quantops.flag_exposures.
 #[pg_extern(volatile, parallel_unsafe)]
 fn evaluate_flag(
+    fcinfo: pg_sys::FunctionCallInfo,
     key: Option<&str>,
     context: default!(Option<JsonB>, "'{}'"),
 ) -> TableIterator<
@@ -351,24 +350,24 @@ fn evaluate_flag(
     ),
 > {
     let key = key.unwrap_or("");
-    let ctx = context.map(|j| j.0).unwrap_or_else(|| Value::Object(Map::new()));
-    let (value, variant, payload, reason, code, message, rule) = resolve(key, &ctx);
+    let r = unsafe { resolve_arg(key, fcinfo, 1) };
     let rate = gucs::flag_exposure_sample();
-    if rate > 0.0 && reason != "ERROR" && sampled(rate) {
+    if rate > 0.0 && r.reason != "ERROR" && sampled(rate) {
+        let ctx = context.map(|j| j.0).unwrap_or_else(|| Value::Object(Map::new()));
         crate::spi::run(
             "logging a flag exposure",
             "select quantops._flag_exposure($1, $2, $3, $4, $5, $6)",
             &[
                 key.into(),
                 environment().name().into(),
-                value.into(),
-                variant.clone().into(),
-                reason.into(),
+                r.value.into(),
+                r.variant.clone().into(),
+                r.reason.into(),
                 JsonB(ctx).into(),
             ],
         );
     }
-    TableIterator::once((value, variant, payload.map(JsonB), reason.to_string(), code.map(str::to_string), message, rule))
+    TableIterator::once((r.value, r.variant, r.payload.map(JsonB), r.reason.to_string(), r.code.map(str::to_string), r.message, r.rule))
 }
 
 thread_local! {
@@ -388,21 +387,25 @@ fn sampled(rate: f64) -> bool {
 /// Raises 55000 when the flag is off for the context (for functions and flows that must not run
 /// a gated strategy); returns true otherwise.
 #[pg_extern(stable, parallel_safe)]
-fn require_flag(key: Option<&str>, context: default!(Option<JsonB>, "'{}'")) -> Result<bool, ErrorReport> {
+fn require_flag(
+    fcinfo: pg_sys::FunctionCallInfo,
+    key: Option<&str>,
+    context: default!(Option<JsonB>, "'{}'"),
+) -> Result<bool, ErrorReport> {
     let key = key.unwrap_or("");
-    let ctx = context.map(|j| j.0).unwrap_or_else(|| Value::Object(Map::new()));
-    let (value, _, _, reason, code, message, _) = resolve(key, &ctx);
-    if value {
+    let r = unsafe { resolve_arg(key, fcinfo, 1) };
+    if r.value {
         return Ok(true);
     }
+    let ctx = context.map(|j| j.0).unwrap_or_else(|| Value::Object(Map::new()));
     let who = ["user_id", "userId", "strategy", "role"]
         .iter()
         .filter_map(|k| ctx.get(*k).map(|v| format!("{k} {v}")))
         .collect::<Vec<_>>()
         .join(", ");
-    let why = match (code, message) {
-        (Some(c), Some(m)) => format!("{reason} ({c}: {m})"),
-        _ => reason.to_string(),
+    let why = match (r.code, r.message) {
+        (Some(c), Some(m)) => format!("{} ({c}: {m})", r.reason),
+        _ => r.reason.to_string(),
     };
     Err(GateError::Off { key: key.to_string(), for_: if who.is_empty() { String::new() } else { format!(" for {who}") }, reason: why }.into())
 }
