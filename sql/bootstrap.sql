@@ -7,14 +7,17 @@
 -- ---------------------------------------------------------------------------------------------
 -- Identity, the way Supabase's auth.uid()/auth.role() read it (PostgREST sets these per request)
 -- ---------------------------------------------------------------------------------------------
+-- No SET clause, so that PostgreSQL inlines it (in RLS policies and triggers it is then as cheap
+-- as the expression); every name and operator in it is pg_catalog-qualified instead, so no
+-- search_path can change what it means.
 create function quantops.uid() returns uuid
 language sql stable parallel safe
-set search_path = ''
 as $$
   select coalesce(
     nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
-  )::uuid
+    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
+       operator(pg_catalog.->>) 'sub')
+  )::pg_catalog.uuid
 $$;
 comment on function quantops.uid() is
   'the caller''s user id from the JWT claims that PostgREST sets (same result as Supabase''s auth.uid())';
@@ -23,10 +26,9 @@ comment on function quantops.uid() is
 -- SET ROLE / set_config('role', ...) as PostgREST does, else the login role.
 create function quantops._caller_role() returns text
 language sql stable
-set search_path = ''
 as $$
-  select case when pg_catalog.current_setting('role') in ('none', '')
-              then session_user::text
+  select case when pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['none', '']::pg_catalog.text[])
+              then session_user::pg_catalog.text
               else pg_catalog.current_setting('role') end
 $$;
 
@@ -245,14 +247,13 @@ create table quantops.audit_heads (
 -- extra_float_digits: timestamps as epoch microseconds, jsonb in its canonical output form.
 create function quantops._audit_payload(r quantops.audit_log) returns text
 language sql stable
-set search_path = ''
 as $$
   select pg_catalog.jsonb_build_object(
     'stream', r.stream, 'seq', r.seq,
-    'at_us', (pg_catalog.date_part('epoch', r.at) * 1000000)::numeric(20, 0),
+    'at_us', (pg_catalog.date_part('epoch', r.at) operator(pg_catalog.*) 1000000)::pg_catalog.numeric(20, 0),
     'actor', r.actor, 'actor_role', r.actor_role, 'action', r.action, 'args', r.args,
     'outcome', r.outcome, 'detail', r.detail, 'duration_us', r.duration_us, 'call_id', r.call_id
-  )::text
+  )::pg_catalog.text
 $$;
 
 create function quantops._audit_chain() returns trigger
@@ -265,17 +266,20 @@ declare
 begin
   new.actor := coalesce(new.actor, quantops.uid());
   new.actor_role := coalesce(new.actor_role, quantops._caller_role());
-  insert into quantops.audit_heads (stream, seq, hash)
-    values (new.stream, 0, pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex'))
-    on conflict (stream) do nothing;
-  -- the row lock on the head serialises writers of one stream; under READ COMMITTED the UPDATE
-  -- re-reads the newest head, so the chain never forks
-  update quantops.audit_heads set seq = seq + 1 where stream = new.stream
-    returning seq, hash into v_seq, v_prev;
+  -- the row lock on the head serialises writers of one stream; under READ COMMITTED the locking
+  -- read returns the newest head, so the chain never forks
+  select h.seq, h.hash into v_seq, v_prev from quantops.audit_heads h where h.stream = new.stream for update;
+  if not found then
+    insert into quantops.audit_heads (stream, seq, hash)
+      values (new.stream, 0, pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex'))
+      on conflict (stream) do nothing;
+    select h.seq, h.hash into v_seq, v_prev from quantops.audit_heads h where h.stream = new.stream for update;
+  end if;
+  v_seq := v_seq + 1;
   new.seq := v_seq;
   new.prev_hash := v_prev;
   new.hash := quantops._audit_digest(v_prev, quantops._audit_payload(new));
-  update quantops.audit_heads set hash = new.hash where stream = new.stream;
+  update quantops.audit_heads set seq = v_seq, hash = new.hash where stream = new.stream;
   return new;
 end
 $$;

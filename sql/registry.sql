@@ -60,7 +60,10 @@ create table quantops.alias_history (
   reason      text,
   constraint alias_history_no_overlap exclude using gist (int8range(alias_id, alias_id, '[]') with &&, valid with &&)
 );
-create index alias_history_alias_idx on quantops.alias_history (alias_id, pg_catalog.lower(valid) desc);
+-- the open range of an alias (the one a move closes): one at most, found directly
+create unique index alias_history_one_open on quantops.alias_history (alias_id) where pg_catalog.upper_inf(valid);
+-- the range before the current one (rollback)
+create index alias_history_alias_idx on quantops.alias_history (alias_id, pg_catalog.upper(valid) desc);
 
 -- The gates a version must pass to take an alias. model_id null = every model (a model's own row wins).
 create table quantops.promotion_policies (
