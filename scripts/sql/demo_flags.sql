@@ -20,7 +20,7 @@ select count(*) filter (where quantops.flag_enabled('strategy.momentum_v2', json
 from generate_series(1, 10000) g;
 \echo 'a flow asks before running the strategy for a user outside the rollout (55000):'
 \set ON_ERROR_STOP 0
-select quantops.require_flag('strategy.momentum_v2', '{"user_id": "ada"}');
+select quantops.require_flag('strategy.momentum_v2', '{"user_id": "grace"}');
 \set ON_ERROR_STOP 1
 \echo 'the kill switch: off for everyone at once, in the same transaction as whatever it gates:'
 select quantops.kill_flag('strategy.momentum_v2') is not null as killed;

@@ -8,7 +8,8 @@ select quantops.register_model_version('momentum-ranker', metrics => '{"auc": 0.
        quantops.register_model_version('momentum-ranker', metrics => '{"auc": 0.63}') as version_2;
 \echo 'the flow uploads both artifacts through the Storage API (their rows in storage.objects):'
 insert into storage.objects (bucket_id, name)
-values ('model-artifacts', 'backtests/momentum-ranker/1/model.onnx'), ('model-artifacts', 'backtests/momentum-ranker/2/model.onnx');
+values ('model-artifacts', 'backtests/momentum-ranker/1/model.onnx'), ('model-artifacts', 'backtests/momentum-ranker/2/model.onnx')
+on conflict do nothing;
 select bucket_id, name from storage.objects where name like 'backtests/momentum-ranker/%' order by name;
 \echo 'production needs sharpe >= 1, drawdown <= 25 %, 100 trades, a backtest from the last 30 days:'
 select min_sharpe, max_drawdown, min_trades, max_backtest_age, require_artifact from jsonb_to_record(
@@ -28,13 +29,16 @@ from series, quantops.backtest_metrics(series.r) m order by v;
 select rank, model_version as version, round(sharpe::numeric, 2) as sharpe, round(sortino::numeric, 2) as sortino,
        round(max_drawdown::numeric, 3) as max_dd, round(cagr::numeric, 3) as cagr, round(hit_rate::numeric, 2) as hit_rate, trades
 from quantops.backtest_leaderboard where model_name = 'momentum-ranker' order by rank;
-\echo 'promote the leader to production (compare-and-set: production points at nothing yet):'
+\echo 'production serves version 1 (compare-and-set: production points at nothing yet):'
+select quantops.promote('momentum-ranker', 1, 'production', null, reason => 'first release') as promoted;
+select pg_sleep(0.01);
+\echo 'promote the leader to production (expected_current 1):'
 select quantops.promote('momentum-ranker', (select model_version from quantops.backtest_leaderboard
                                               where model_name = 'momentum-ranker' order by rank limit 1),
-                        'production', null) as promoted;
-\echo 'a second flow, still believing production is empty, loses the compare-and-set (40001):'
+                        'production', 1) as promoted;
+\echo 'a second flow, still believing production is version 1, loses the compare-and-set (40001):'
 \set ON_ERROR_STOP 0
-select quantops.promote('momentum-ranker', 1, 'production', null);
+select quantops.promote('momentum-ranker', 2, 'production', 1);
 \echo 'a version whose backtest misses a gate is refused with every reason (23514):'
 select quantops.set_promotion_policy('momentum-ranker', 'champion', min_sharpe => 5, min_trades => 1000) is not null as champion_policy;
 select quantops.promote('momentum-ranker', 2, 'champion', null);
@@ -45,7 +49,7 @@ select quantops.rollback('momentum-ranker', 'production') as rolled_back;
 select h.alias, h.version, h.reason, lower(h.valid)::time(2) as from_, coalesce(upper(h.valid)::time(2)::text, 'now') as to_
 from quantops.alias_history h join quantops.models m on m.id = h.model_id where m.name = 'momentum-ranker' order by lower(h.valid);
 select quantops.alias_asof('momentum-ranker', 'production', (select upper(valid) - interval '1 microsecond' from quantops.alias_history
-        where reason = 'promote' and alias = 'production' order by lower(valid) limit 1)) as production_just_before_the_rollback;
+        where reason = 'promote' and alias = 'production' order by lower(valid) desc limit 1)) as production_just_before_the_rollback;
 \echo 'what agents discover (a user''s RPC under RLS), and the events waiting for flows:'
 begin;
 select set_config('role', 'authenticated', true),
