@@ -156,7 +156,7 @@ declare
   v   quantops.model_versions;
   pol quantops.promotion_policies;
   b   quantops.backtest_results;
-  out text[] := '{}';
+  out text[] := '{}'::text[];
   chk text;
 begin
   select * into m from quantops.models x where x.id = p_model_id;

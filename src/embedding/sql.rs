@@ -358,7 +358,7 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
         None => (None, None),
     };
     let mut last: Option<(TimestampWithTimeZone, i64)> = None;
-    let picked: Vec<(i64, i32, SignalInput, Option<Vec<u8>>, bool)> = Spi::connect_mut(|c| {
+    let picked: Vec<(i64, i32, SignalInput, Option<Vec<u8>>, bool, bool)> = Spi::connect_mut(|c| {
         // the queue in order through its index, then the signals; both locked with SKIP LOCKED
         // (signal before queue, as writers of signals take them), so a batch never waits
         c.update(
@@ -369,7 +369,8 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
                order by q.enqueued_at, q.signal_id limit $3 \
                for update of q skip locked) \
              select p.signal_id, p.attempts, p.enqueued_at, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
-                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text) \
+                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), \
+                    s.embedding is not null \
              from picked p join quantops.signal_embeddings s on s.id = p.signal_id \
              for update of s skip locked",
             None,
@@ -393,6 +394,7 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
                 read_input(&t, 4),
                 t.get::<Vec<u8>>(10).ok().flatten(),
                 t.get::<bool>(11).ok().flatten().unwrap_or(true),
+                t.get::<bool>(12).ok().flatten().unwrap_or(true),
             )
         })
         .collect()
@@ -405,19 +407,22 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
         return out;
     }
     let rows: Vec<(SignalInput, Option<Vec<u8>>, bool)> =
-        picked.iter().map(|(_, _, r, h, f)| (r.clone(), h.clone(), *f)).collect();
+        picked.iter().map(|(_, _, r, h, f, _)| (r.clone(), h.clone(), *f)).collect();
     let results: Vec<Embedded> = emb::embed_batch(e, &rows);
 
-    let (mut ids, mut vecs, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut vecs, mut hashes, mut had) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut dequeue = Vec::new();
     let (mut f_ids, mut f_hash, mut f_err, mut f_att) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((id, attempts, ..), r) in picked.iter().zip(results) {
+    for ((id, attempts, _, _, _, has_embedding), r) in picked.iter().zip(results) {
         match (r.hash, r.vector) {
             (Ok(_), None) => {
                 out.unchanged += 1;
                 dequeue.push(*id);
             }
             (Ok(h), Some(Ok(v))) => {
+                if *has_embedding {
+                    had.push(*id);
+                }
                 ids.push(*id);
                 vecs.push(v);
                 hashes.push(h.to_vec());
@@ -438,7 +443,7 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
         }
     }
     if !ids.is_empty() {
-        write_embeddings(e, vt, &ids, &vecs, &hashes);
+        write_embeddings_known(e, vt, &ids, &vecs, &hashes, Some(&had));
         out.done = ids.len() as i64;
     }
     if !f_ids.is_empty() {
@@ -454,23 +459,27 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
 
 /// Writes embeddings, keeping each replaced one in the history.
 pub fn write_embeddings(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<f32>], hashes: &[Vec<u8>]) {
-    run(
-        "keeping the previous embeddings",
-        "insert into quantops.signal_embedding_history \
-           (signal_id, owner, embedding, embedder, embedder_version, input_hash, valid_from, valid_to) \
-         select s.id, s.owner, s.embedding, s.embedder, s.embedder_version, s.input_hash, \
-                coalesce(s.embedded_at, s.created_at), pg_catalog.now() \
-         from quantops.signal_embeddings s where s.id = any($1) and s.embedding is not null \
-         on conflict do nothing",
-        &[ids.to_vec().into()],
-    );
+    write_embeddings_known(e, vt, ids, vecs, hashes, None)
+}
+
+/// write_embeddings, told (when the caller read the rows under lock) which rows had an
+/// embedding: only those have one to keep in the history, and a batch of first embeddings skips
+/// that statement. Dead letters are cleared only when there are any.
+pub fn write_embeddings_known(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<f32>], hashes: &[Vec<u8>], had: Option<&[i64]>) {
+    let keep: &[i64] = had.unwrap_or(ids);
+    if !keep.is_empty() {
+        history(keep);
+    }
     let sql = format!(
         "update quantops.signal_embeddings s set embedding = u.e, input_hash = u.h, embedder = $4, \
            embedder_version = $5, embedded_at = pg_catalog.now() \
          from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::{}.vector[]), pg_catalog.unnest($3::bytea[])) as u(id, e, h) where s.id = u.id",
         vt.schema
     );
-    run("clearing old dead letters", "delete from quantops.embedding_failures where signal_id = any($1)", &[ids.to_vec().into()]);
+    let failures: bool = Spi::get_one("select exists (select 1 from quantops.embedding_failures)").ok().flatten().unwrap_or(true);
+    if failures {
+        run("clearing old dead letters", "delete from quantops.embedding_failures where signal_id = any($1)", &[ids.to_vec().into()]);
+    }
     run(
         "writing embeddings",
         &sql,
@@ -481,6 +490,19 @@ pub fn write_embeddings(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<
             e.name.as_str().into(),
             e.version.to_string().into(),
         ],
+    );
+}
+
+fn history(ids: &[i64]) {
+    run(
+        "keeping the previous embeddings",
+        "insert into quantops.signal_embedding_history \
+           (signal_id, owner, embedding, embedder, embedder_version, input_hash, valid_from, valid_to) \
+         select s.id, s.owner, s.embedding, s.embedder, s.embedder_version, s.input_hash, \
+                coalesce(s.embedded_at, s.created_at), pg_catalog.now() \
+         from quantops.signal_embeddings s where s.id = any($1) and s.embedding is not null \
+         on conflict do nothing",
+        &[ids.to_vec().into()],
     );
 }
 
