@@ -378,6 +378,35 @@ fn kill_9_of_the_worker_mid_prune_loses_nothing() {
 }
 
 #[test]
+fn fast_shutdown_while_the_worker_prunes_stops_cleanly() {
+    let s = strategy("fast");
+    seed_rows(&s, 30000, "1 hour", 20, true, None);
+    let mut c = admin();
+    let total = live(&mut c, &s);
+    let name = set_age_policy(&s, "1 day");
+    c.execute("update quantops.jobs set next_run_at = now() where name = 'prune'", &[]).unwrap();
+    c.execute("select quantops._wake_worker()", &[]).unwrap();
+    wait_for("the worker to start moving rows", Duration::from_secs(60), || {
+        let mut c = admin();
+        (archived(&mut c, &s) > 0).then_some(())
+    });
+    // SIGTERM reaches the worker in the middle of its job: it must stop after the batch in
+    // flight, and the server with it (pg_ctl waits at most 60 s)
+    let root = env!("CARGO_MANIFEST_DIR");
+    let t0 = std::time::Instant::now();
+    let st = Command::new("bash").arg(format!("{root}/scripts/cluster.sh")).args(["stop", "fast"]).status().unwrap();
+    assert!(st.success(), "the server did not shut down: the worker ignored SIGTERM");
+    eprintln!("fast shutdown took {:?}", t0.elapsed());
+    let st = Command::new("bash").arg(format!("{root}/scripts/cluster.sh")).arg("start").status().unwrap();
+    assert!(st.success());
+    let mut c = admin();
+    assert_eq!(live(&mut c, &s) + archived(&mut c, &s), total);
+    assert_eq!(both(&mut c, &s), 0);
+    c.execute("call quantops.prune(policy => $1)", &[&name]).unwrap();
+    c.execute("select quantops.drop_retention($1)", &[&name]).unwrap();
+}
+
+#[test]
 fn immediate_shutdown_mid_prune_loses_nothing() {
     let s = strategy("stop");
     seed_rows(&s, 30000, "1 hour", 20, true, None);

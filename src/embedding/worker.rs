@@ -33,7 +33,7 @@ pub fn drain() -> i64 {
     let t0 = Instant::now();
     let mut total = BatchOutcome::default();
     let mut error = None;
-    while t0.elapsed() < DRAIN_BUDGET && !pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+    while t0.elapsed() < DRAIN_BUDGET && !crate::workers::stopping() {
         let step = if e.is_builtin() {
             let e2 = e.clone();
             in_transaction(move || {

@@ -4,7 +4,6 @@
 
 use crate::jobs::core::JobOutcome;
 use crate::workers::scheduler::in_transaction;
-use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -22,7 +21,7 @@ pub fn run() -> Result<JobOutcome, String> {
     let (mut moved, mut batches) = (0i64, 0i64);
     let mut per = serde_json::Map::new();
     loop {
-        if BackgroundWorker::sigterm_received() {
+        if crate::workers::stopping() {
             break;
         }
         let b = in_transaction(|| {

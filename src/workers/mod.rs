@@ -31,6 +31,13 @@ pub fn set_scheduler_pid(pid: i32) {
     }
 }
 
+/// True once the worker was asked to stop (SIGTERM). Sticky, unlike pgrx's
+/// `BackgroundWorker::sigterm_received()`, which clears the flag it reads: a check deep in a job
+/// must never swallow the request the main loop needs to see.
+pub fn stopping() -> bool {
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
 /// True when a scheduler worker has announced itself in shared memory.
 pub fn scheduler_running() -> bool {
     preloaded() && SCHEDULER_PID.get().load(Ordering::SeqCst) > 0

@@ -99,12 +99,12 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
 
     // the first pass runs at once; later ones after each naptime (or a wake-up)
     let mut first = true;
-    while first || BackgroundWorker::wait_latch(Some(gucs::naptime())) {
+    while first || (BackgroundWorker::wait_latch(Some(gucs::naptime())) && !crate::workers::stopping()) {
         first = false;
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        if BackgroundWorker::sigterm_received() {
+        if crate::workers::stopping() {
             break;
         }
         let installed = in_transaction(extension_installed).unwrap_or(false);
@@ -146,18 +146,18 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         }
         // run every job that is due, each in its own transactions
         for _ in 0..64 {
-            if BackgroundWorker::sigterm_received() {
+            if crate::workers::stopping() {
                 break;
             }
             let Ok(Some(job)) = in_transaction(claim_due_job) else { break };
             run_one(&job);
         }
         // the embedding queue: drained continuously, woken at once when work is committed
-        if !BackgroundWorker::sigterm_received() {
+        if !crate::workers::stopping() {
             crate::embedding::worker::drain();
         }
         // rebuilds queued by quantops.maintain_index()
-        if !BackgroundWorker::sigterm_received() {
+        if !crate::workers::stopping() {
             crate::ivf::worker::execute_queued();
         }
     }
