@@ -110,29 +110,17 @@ mod tests {
     /// from the definitions in this module's doc), for its series A and B.
     #[test]
     fn pinned_against_the_numpy_reference() {
-        let a: Vec<Option<f64>> = [0.01, -0.02, 0.015, 0.003, -0.007, 0.012, -0.001, 0.0, 0.02, -0.011]
-            .iter()
-            .map(|x| Some(*x))
-            .collect();
-        let m = compute(&a, 252, 0.0).unwrap();
-        let r = REF_A;
-        assert!(close(m.sharpe.unwrap(), r[0]), "sharpe {} vs {}", m.sharpe.unwrap(), r[0]);
-        assert!(close(m.sortino.unwrap(), r[1]), "sortino {} vs {}", m.sortino.unwrap(), r[1]);
-        assert!(close(m.max_drawdown, r[2]), "mdd {} vs {}", m.max_drawdown, r[2]);
-        assert!(close(m.cagr, r[3]), "cagr {} vs {}", m.cagr, r[3]);
-        assert!(close(m.volatility.unwrap(), r[4]), "vol {} vs {}", m.volatility.unwrap(), r[4]);
-        assert!(close(m.hit_rate, r[5]));
-        assert!(close(m.total_return, r[6]));
-        let b: Vec<Option<f64>> = [0.05, 0.04, -0.1, -0.2, 0.3, 0.01].iter().map(|x| Some(*x)).collect();
-        let m = compute(&b, 12, 0.02).unwrap();
-        let r = REF_B;
-        assert!(close(m.sharpe.unwrap(), r[0]), "sharpe {} vs {}", m.sharpe.unwrap(), r[0]);
-        assert!(close(m.sortino.unwrap(), r[1]), "sortino {} vs {}", m.sortino.unwrap(), r[1]);
-        assert!(close(m.max_drawdown, r[2]), "mdd {} vs {}", m.max_drawdown, r[2]);
-        assert!(close(m.cagr, r[3]), "cagr {} vs {}", m.cagr, r[3]);
-        assert!(close(m.volatility.unwrap(), r[4]), "vol {} vs {}", m.volatility.unwrap(), r[4]);
-        assert!(close(m.hit_rate, r[5]));
-        assert!(close(m.total_return, r[6]));
+        let a = [0.01, -0.02, 0.015, 0.003, -0.007, 0.012, -0.001, 0.0, 0.02, -0.011];
+        let b = [0.05, 0.04, -0.1, -0.2, 0.3, 0.01];
+        for (series, ppy, rf, r) in [(&a[..], 252, 0.0, REF_A), (&b[..], 12, 0.02, REF_B)] {
+            let returns: Vec<Option<f64>> = series.iter().map(|x| Some(*x)).collect();
+            let m = compute(&returns, ppy, rf).unwrap();
+            let got = [m.sharpe.unwrap(), m.sortino.unwrap(), m.max_drawdown, m.cagr, m.volatility.unwrap(), m.hit_rate, m.total_return];
+            let names = ["sharpe", "sortino", "max_drawdown", "cagr", "volatility", "hit_rate", "total_return"];
+            for i in 0..7 {
+                assert!(close(got[i], r[i]), "{} of {series:?}: {} vs {}", names[i], got[i], r[i]);
+            }
+        }
     }
 
     // sharpe, sortino, max_drawdown, cagr, volatility, hit_rate, total_return

@@ -287,6 +287,21 @@ fn error_resolution(code: ErrorCode, message: String) -> Resolution {
     Resolution { value: e.value, variant: None, payload: None, reason: e.reason.as_str(), code: e.error_code.map(|c| c.as_str()), message: Some(message), rule: None }
 }
 
+impl Resolution {
+    /// Copies an evaluation out of the compiled flag (and the context it read).
+    fn of(e: Evaluation<'_>) -> Resolution {
+        Resolution {
+            value: e.value,
+            variant: e.variant.map(str::to_string),
+            payload: e.payload.cloned(),
+            reason: e.reason.as_str(),
+            code: e.error_code.map(|c| c.as_str()),
+            message: None,
+            rule: e.rule.map(|r| r as i32 + 1),
+        }
+    }
+}
+
 /// The whole resolution for the jsonb context argument `arg` of this call (read in place, as
 /// flag_enabled reads it; a NULL context is an empty one).
 unsafe fn resolve_arg(key: &str, fcinfo: pg_sys::FunctionCallInfo, arg: usize) -> Resolution {
@@ -298,34 +313,14 @@ unsafe fn resolve_arg(key: &str, fcinfo: pg_sys::FunctionCallInfo, arg: usize) -
     let nargs = (*fcinfo).nargs as usize;
     let args = (*fcinfo).args.as_slice(nargs);
     let env = environment();
-    let e = if arg >= nargs || args[arg].isnull {
-        flag.evaluate(env, &Map::new())
-    } else {
-        let ctx = JsonbContext::new(args[arg].value);
-        if !ctx.object {
-            return error_resolution(ErrorCode::InvalidContext, "context must be a json object".into());
-        }
-        let e = flag.evaluate(env, &ctx);
-        // copy out before the context goes
-        return Resolution {
-            value: e.value,
-            variant: e.variant.map(str::to_string),
-            payload: e.payload.cloned(),
-            reason: e.reason.as_str(),
-            code: e.error_code.map(|c| c.as_str()),
-            message: None,
-            rule: e.rule.map(|r| r as i32 + 1),
-        };
-    };
-    Resolution {
-        value: e.value,
-        variant: e.variant.map(str::to_string),
-        payload: e.payload.cloned(),
-        reason: e.reason.as_str(),
-        code: e.error_code.map(|c| c.as_str()),
-        message: None,
-        rule: e.rule.map(|r| r as i32 + 1),
+    if arg >= nargs || args[arg].isnull {
+        return Resolution::of(flag.evaluate(env, &Map::new()));
     }
+    let ctx = JsonbContext::new(args[arg].value);
+    if !ctx.object {
+        return error_resolution(ErrorCode::InvalidContext, "context must be a json object".into());
+    }
+    Resolution::of(flag.evaluate(env, &ctx))
 }
 
 /// Evaluates a flag for a context: value, variant, payload, reason (STATIC, TARGETING_MATCH,

@@ -2,7 +2,7 @@
 //! (centers read from its own pages, a sample assigned to them, recall against exact search on
 //! demand), record it, decide whether it needs a rebuild, and queue the rebuild for the worker.
 
-use super::core::{self as ivf, Decision, Measured, Thresholds};
+use super::core::{self as ivf, Measured, Thresholds};
 use crate::config::core::{recommended_lists, Metric};
 use crate::error::SqlError;
 use crate::spi::quote_ident;
@@ -218,7 +218,9 @@ pub fn read_centers(t: &Target) -> Result<(ivf::Meta, Vec<Vec<f32>>), IvfError> 
     Ok((meta, centers))
 }
 
-unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+/// Opens the index with AccessShareLock, hands `f` a reader of its blocks (each copied under a
+/// share lock on its buffer) and the number of blocks, and closes it.
+unsafe fn with_index_blocks<R>(oid: pg_sys::Oid, f: impl FnOnce(&dyn Fn(u32) -> Vec<u8>, u32) -> R) -> R {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     let rel = pg_sys::index_open(oid, lock);
     let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
@@ -230,7 +232,13 @@ unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String
         pg_sys::UnlockReleaseBuffer(buf);
         bytes
     };
-    let result = if nblocks < 2 {
+    let r = f(&read, nblocks);
+    pg_sys::index_close(rel, lock);
+    r
+}
+
+unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    with_index_blocks(oid, |read, nblocks| if nblocks < 2 {
         Err(format!("it has {nblocks} pages"))
     } else {
         let meta = read(ivf::METAPAGE_BLKNO);
@@ -244,9 +252,7 @@ unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String
             blk = next;
         }
         Ok((meta, dir))
-    };
-    pg_sys::index_close(rel, lock);
-    result
+    })
 }
 
 /// A sample of the indexed column (about `n` rows, Bernoulli, fixed seed) with each row's ctid.
@@ -273,7 +279,8 @@ fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
     ivf::even_subset(all, n.max(0) as usize)
 }
 
-fn table_stats(t: &Target) -> (i64, Option<i64>, Option<i64>) {
+/// Rows with a vector (exact), and the table's cumulative insert and delete counters.
+pub fn table_stats(t: &Target) -> (i64, Option<i64>, Option<i64>) {
     let col = quote_ident(&t.column);
     let rows = Spi::get_one::<i64>(&format!("select count(*) from {} where {col} is not null", t.table_sql)).ok().flatten().unwrap_or(0);
     let (ins, del) = Spi::get_two_with_args::<i64, i64>(
@@ -469,7 +476,6 @@ pub fn measure(t: &Target, o: &Options) -> Result<Value, IvfError> {
             }
         }
     }
-    let _ = decision_json(&decision);
     Ok(h)
 }
 
@@ -517,21 +523,7 @@ pub fn state(t: &Target) -> Result<Value, IvfError> {
 }
 
 unsafe fn read_pages_meta(oid: pg_sys::Oid) -> Result<Vec<u8>, String> {
-    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    let rel = pg_sys::index_open(oid, lock);
-    let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
-    let r = if nblocks < 1 {
-        Err("it has no pages".to_string())
-    } else {
-        let buf = pg_sys::ReadBufferExtended(rel, pg_sys::ForkNumber::MAIN_FORKNUM, ivf::METAPAGE_BLKNO, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
-        pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
-        let page = pg_sys::BufferGetPage(buf) as *const u8;
-        let bytes = std::slice::from_raw_parts(page, pg_sys::BLCKSZ as usize).to_vec();
-        pg_sys::UnlockReleaseBuffer(buf);
-        Ok(bytes)
-    };
-    pg_sys::index_close(rel, lock);
-    r
+    with_index_blocks(oid, |read, nblocks| if nblocks < 1 { Err("it has no pages".to_string()) } else { Ok(read(ivf::METAPAGE_BLKNO)) })
 }
 
 /// The index's state without sampling (quantops' own index): what every prune run records before
@@ -547,9 +539,8 @@ fn index_state() -> Result<Option<JsonB>, ErrorReport> {
 
 /// Mean distance of a sample to the index's centers and the balance: the baseline of a build
 /// just made (None where there are no rows to measure).
-pub fn build_baseline(t: &Target, centers: &[Vec<f32>]) -> (Option<f64>, Option<f64>) {
+pub fn build_baseline(t: &Target, centers: &[Vec<f32>], rows: i64) -> (Option<f64>, Option<f64>) {
     let (_, _, sample_default, _) = thresholds();
-    let (rows, _, _) = table_stats(t);
     let mut vecs: Vec<Vec<f32>> = sample(t, rows, sample_default as i64, 20261125).into_iter().map(|(_, v)| v).collect();
     vecs.iter_mut().for_each(|v| ivf::prepare(v, t.metric));
     let a = ivf::assign(&vecs, centers, t.metric);
@@ -562,7 +553,7 @@ pub fn record_build(method: &str, reason: &str) -> Result<(), IvfError> {
     let t = resolve(None)?;
     let (meta, centers) = read_centers(&t)?;
     let (rows, ins, del) = table_stats(&t);
-    let (md, bb) = build_baseline(&t, &centers);
+    let (md, bb) = build_baseline(&t, &centers, rows);
     crate::spi::run(
         "recording the build",
         "insert into quantops.index_builds (index_name, relfilenode, status, method, lists, started_at, finished_at, \
@@ -582,10 +573,6 @@ pub fn record_build(method: &str, reason: &str) -> Result<(), IvfError> {
         ],
     );
     Ok(())
-}
-
-fn decision_json(d: &Decision) -> Value {
-    json!({ "rebuild": d.rebuild, "lists": d.lists, "reasons": d.reasons })
 }
 
 fn version_before(v: &str, (a, b, c): (u32, u32, u32)) -> bool {
@@ -674,10 +661,6 @@ fn measure_recall(t: &Target, smp: &[(String, Vec<f32>)], k: i32, queries: i32, 
     }))
 }
 
-fn opt_oid(o: Option<pg_sys::Oid>) -> Option<pg_sys::Oid> {
-    o
-}
-
 /// The health of an IVFFlat index (quantops' own by default): rows and churn since the build,
 /// lists against pgvector's guidance, balance and drift from the index's own centers, and on
 /// demand recall@k against exact search with the smallest probes that reach the target. Recorded
@@ -696,7 +679,7 @@ fn index_health(
             return Err(IvfError::Param("sample_rows", format!("{s} (between 100 and 1000000)")).into());
         }
     }
-    let t = resolve(opt_oid(target))?;
+    let t = resolve(target)?;
     let o = Options {
         recall: recall.unwrap_or(false),
         k: k.unwrap_or(10),
@@ -745,6 +728,15 @@ pub fn plan_statements(t: &Target, lists: i32, current_lists: i32) -> (String, V
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+/// The plan with its health cut to what a job_runs row keeps (the full document is in
+/// quantops.index_health_log).
+pub fn summarize_plan(mut plan: Value) -> Value {
+    if let Some(h) = plan.get_mut("health") {
+        *h = json!({ "balance": h["balance"], "drift": h["drift"], "lists": h["lists"], "rows": h["rows"] });
+    }
+    plan
 }
 
 /// Measures the index and decides; when it needs a rebuild (or `force`), queues one for the

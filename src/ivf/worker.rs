@@ -25,11 +25,7 @@ pub fn run() -> Result<JobOutcome, String> {
         }
     })??;
     let done = execute_queued();
-    let mut details = planned;
-    if let Some(h) = details.get_mut("health") {
-        // keep the job_runs row small: the full document is in quantops.index_health_log
-        *h = json!({ "balance": h["balance"], "drift": h["drift"], "lists": h["lists"], "rows": h["rows"] });
-    }
+    let mut details = super::sql::summarize_plan(planned);
     details["rebuilds_run"] = json!(done);
     Ok(JobOutcome { rows: done.len() as i64, details })
 }
@@ -165,16 +161,8 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
         let t = resolve(Some(oid)).map_err(|e| e.to_string())?;
         // the new build's baseline first, so that the health below measures drift against it
         let (meta, centers) = super::sql::read_centers(&t).map_err(|e| e.to_string())?;
-        let (rows, ins, del): (i64, Option<i64>, Option<i64>) = {
-            let rows = Spi::get_one::<i64>(&format!("select count(*) from {}", t.table_sql)).ok().flatten().unwrap_or(0);
-            let (i, d) = Spi::get_two_with_args::<i64, i64>(
-                "select n_tup_ins, n_tup_del from pg_catalog.pg_stat_all_tables where relid = $1",
-                &[t.table_oid.into()],
-            )
-            .unwrap_or((None, None));
-            (rows, i, d)
-        };
-        let (md, bb) = super::sql::build_baseline(&t, &centers);
+        let (rows, ins, del) = super::sql::table_stats(&t);
+        let (md, bb) = super::sql::build_baseline(&t, &centers, rows);
         crate::spi::run(
             "recording the build",
             "update quantops.index_builds set relfilenode = $2, rows_at_build = $3, tup_ins_at_build = $4, tup_del_at_build = $5, \

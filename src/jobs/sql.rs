@@ -97,11 +97,8 @@ pub fn execute(job: &str) -> Result<JobOutcome, String> {
                 }
                 Err(e) => return Err(e.to_string()),
             };
-            let mut p = crate::ivf::sql::plan(&t, false, false, "job").map_err(|e| e.to_string())?;
-            if let Some(h) = p.get_mut("health") {
-                *h = json!({ "balance": h["balance"], "drift": h["drift"], "lists": h["lists"], "rows": h["rows"] });
-            }
-            Ok(JobOutcome { rows: 0, details: p })
+            let p = crate::ivf::sql::plan(&t, false, false, "job").map_err(|e| e.to_string())?;
+            Ok(JobOutcome { rows: 0, details: crate::ivf::sql::summarize_plan(p) })
         }
         other => Err(format!("job \"{other}\" has no implementation in this version of quantops")),
     }
