@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Baseline B of the embedding-refresh benchmark: the seed's way, an external Python worker.
 
-It selects stale rows (embedding is null), computes the same `features` embedding as quantops
+It selects stale rows (embedding is null, keyset-paginated by id), computes the same `features` embedding as quantops
 (standardise with the stored statistics, project with the fixed +-1 SplitMix64 matrix, L2-normalise)
 with numpy, and writes back in batches as fast as Python can: binary COPY (built with a numpy
 structured array) into a temporary table, then UPDATE ... FROM.
@@ -40,17 +40,19 @@ def main():
     row_dtype = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"),
                           ("dim", ">i2"), ("unused", ">i2"), ("v", ">f4", (dims,))])
     t0 = time.perf_counter()
-    total = 0
+    total, last = 0, 0
     with psycopg.connect(dsn, autocommit=False) as conn:
         with conn.cursor() as cur:
             cur.execute("create temp table tmp_emb (id bigint, embedding extensions.vector(%d)) on commit drop" % dims)
         while True:
             with conn.cursor() as cur:
+                # keyset pagination: each batch starts where the last one ended
                 cur.execute("select id, features::text from quantops.signal_embeddings "
-                            "where embedding is null order by id limit %s", (batch,))
+                            "where embedding is null and id > %s order by id limit %s", (last, batch))
                 rows = cur.fetchall()
             if not rows:
                 break
+            last = rows[-1][0]
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             feats = [json.loads(r[1]) for r in rows]
             x = np.array([[f[n] for n in names] for f in feats], dtype=np.float64)

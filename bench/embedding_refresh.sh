@@ -2,8 +2,8 @@
 # Benchmark of issue 3: embedding refresh of 200,000 signals, 384 dimensions, `features` embedder.
 #   A  quantops: quantops.refresh_embeddings() (in-process Rust, rayon), after set_embedder()
 #      enqueued the stale rows
-#   B  the seed's way: an external Python worker (psycopg 3, numpy) computing the same embedding,
-#      binary COPY into a temp table, UPDATE ... FROM (bench/embedding_baseline.py)
+#   B  the seed's way: an external Python worker (psycopg 3, numpy) computing the same embedding:
+#      keyset-paginated reads, binary COPY into a temp table, UPDATE ... FROM (bench/embedding_baseline.py)
 #   C  the floor: one UPDATE ... SET embedding = <precomputed> over all rows
 # All three in one run, each on freshly generated, identical data (same seed), in a database of
 # its own (qo_bench) on the local cluster, with the IVFFlat index in place. Prints rows/s and ratios.

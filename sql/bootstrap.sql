@@ -48,21 +48,25 @@ insert into quantops.settings default values;
 -- ---------------------------------------------------------------------------------------------
 -- Signals and their embeddings
 -- ---------------------------------------------------------------------------------------------
+-- Both are inlined into the check constraints that call them (no SET clause, every operator
+-- qualified), so a write pays an expression, not a function call per row.
 create function quantops._finite_array(a double precision[]) returns boolean
 language sql immutable parallel safe
-set search_path = ''
 as $$
   select a is null or (
-    pg_catalog.array_ndims(a) is not distinct from 1
+    pg_catalog.array_ndims(a) operator(pg_catalog.=) 1
     and pg_catalog.array_position(a, null) is null
-    and not ('NaN'::float8 = any (a) or 'Infinity'::float8 = any (a) or '-Infinity'::float8 = any (a))
-  ) or pg_catalog.cardinality(a) = 0
+    and not ('NaN'::float8 operator(pg_catalog.=) any (a) or 'Infinity'::float8 operator(pg_catalog.=) any (a)
+             or '-Infinity'::float8 operator(pg_catalog.=) any (a))
+  ) or pg_catalog.cardinality(a) operator(pg_catalog.=) 0
 $$;
 
 create function quantops._finite(x double precision) returns boolean
 language sql immutable parallel safe
-set search_path = ''
-as $$ select x is null or x not in ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8) $$;
+as $$
+  select x is null or not (x operator(pg_catalog.=) 'NaN'::float8 or x operator(pg_catalog.=) 'Infinity'::float8
+                           or x operator(pg_catalog.=) '-Infinity'::float8)
+$$;
 
 create table quantops.signal_embeddings (
   id               bigint generated always as identity primary key,
@@ -87,7 +91,12 @@ create table quantops.signal_embeddings (
   constraint signal_embeddings_series_check   check (quantops._finite_array(series)),
   constraint signal_embeddings_embedder_check check (embedding is null or embedder is not null),
   constraint signal_embeddings_natural_key unique nulls not distinct (owner, strategy, symbol, as_of)
-);
+)
+-- A signal with its vector (1,544 bytes at 384 dims) is over the default 2 kB TOAST threshold:
+-- PostgreSQL would try to compress the row's jsonb and move the vector into the TOAST table on
+-- every write (an extra heap and index insert), and every search would fetch it back. Rows stay
+-- whole up to a page; only a row larger than that is toasted.
+with (toast_tuple_target = 8160);
 create index signal_embeddings_strategy_symbol_as_of_idx on quantops.signal_embeddings (strategy, symbol, as_of);
 create index signal_embeddings_owner_idx on quantops.signal_embeddings (owner);
 comment on table quantops.signal_embeddings is
@@ -112,7 +121,8 @@ create table quantops.signal_embeddings_archive (
   updated_at       timestamptz not null,
   archived_at      timestamptz not null default pg_catalog.now(),
   archive_reason   text not null check (pg_catalog.length(archive_reason) between 1 and 200)
-);
+)
+with (toast_tuple_target = 8160);
 create index signal_embeddings_archive_strategy_symbol_as_of_idx
   on quantops.signal_embeddings_archive (strategy, symbol, as_of);
 create index signal_embeddings_archive_owner_idx on quantops.signal_embeddings_archive (owner);

@@ -67,11 +67,14 @@ class Handler(BaseHTTPRequestHandler):
             m = re.search(r"\[sleep(\d+)\]", t)
             if m:
                 time.sleep(int(m.group(1)))
-        for t in inputs:
-            for kind, status in (("429", 429), ("500", 500)):
+        # the transient failures first, over the whole request: the first N requests containing
+        # an [429xN] or [500xN] input get that answer, whatever else the request holds
+        for kind, status in (("429", 429), ("500", 500)):
+            for t in inputs:
                 m = re.search(r"\[%sx(\d+)\]" % kind, t)
                 if m and counts[t] <= int(m.group(1)):
                     return self.send(status, json.dumps({"error": {"message": f"fake {status}"}}), {"Retry-After": "1"} if status == 429 else None)
+        for t in inputs:
             m = re.search(r"\[slowx(\d+)\]", t)
             if m and counts[t] <= int(m.group(1)):
                 time.sleep(5)

@@ -1,6 +1,7 @@
 //! Pure embedding logic: the embedders, the exact input hash, failure classes, backoff.
 //! No Postgres here; `sql.rs` and `worker.rs` feed it rows and write back what it returns.
 
+use super::jsonb::{self, JsonbBytes};
 use crate::hash::{murmur3_32, splitmix64};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -12,11 +13,30 @@ use sha2::{Digest, Sha256};
 pub struct SignalInput {
     pub strategy: String,
     pub symbol: String,
-    /// `features` as jsonb text (parsed here, in parallel)
-    pub features: String,
+    /// `features`, parsed here (in parallel)
+    pub features: Features,
     pub series: Option<Vec<f64>>,
     pub rationale: Option<String>,
     pub tags: Vec<String>,
+}
+
+/// A signal's `features` jsonb: its bytes as stored (what the refresh reads) or JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Features {
+    Binary(JsonbBytes),
+    Text(String),
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features::Text("{}".into())
+    }
+}
+
+impl From<&str> for Features {
+    fn from(s: &str) -> Self {
+        Features::Text(s.into())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -246,21 +266,25 @@ impl RowError {
     }
 }
 
+fn features_hash(p: &FeaturesParams, vals: &[Option<f64>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"features\0");
+    for (name, v) in p.features.iter().zip(vals) {
+        h.update(name.as_bytes());
+        h.update([0u8]);
+        match v {
+            Some(x) => h.update(x.to_le_bytes()),
+            None => h.update([0xffu8; 1]),
+        }
+    }
+    h.finalize().into()
+}
+
 /// What an embedder reads of a row, hashed: equal hashes mean equal embeddings.
 pub fn input_hash(e: &Embedder, row: &SignalInput) -> Result<[u8; 32], RowError> {
     let mut h = Sha256::new();
     match &e.kind {
-        Kind::Features(p) => {
-            h.update(b"features\0");
-            for (name, v) in p.features.iter().zip(feature_values(p, &row.features)?) {
-                h.update(name.as_bytes());
-                h.update([0u8]);
-                match v {
-                    Some(x) => h.update(x.to_le_bytes()),
-                    None => h.update([0xffu8; 1]),
-                }
-            }
-        }
+        Kind::Features(p) => return Ok(features_hash(p, &feature_values(p, &row.features)?)),
         Kind::Series(_) => {
             h.update(b"series\0");
             for x in row.series.as_deref().unwrap_or(&[]) {
@@ -282,31 +306,57 @@ pub fn input_hash(e: &Embedder, row: &SignalInput) -> Result<[u8; 32], RowError>
     Ok(h.finalize().into())
 }
 
-fn feature_values(p: &FeaturesParams, features_json: &str) -> Result<Vec<Option<f64>>, RowError> {
-    let v: Value = serde_json::from_str(features_json)
-        .map_err(|e| RowError::Permanent(format!("features is not valid json: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| RowError::Permanent("features is not a json object".into()))?;
-    p.features
-        .iter()
-        .map(|name| match obj.get(name) {
-            None | Some(Value::Null) => {
-                if p.missing == "mean" {
-                    Ok(None)
-                } else {
-                    Err(RowError::Permanent(format!("feature \"{name}\" is missing")))
-                }
-            }
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .map(Some)
-                .ok_or_else(|| RowError::Permanent(format!("feature \"{name}\" is not a finite number"))),
-            Some(other) => Err(RowError::Permanent(format!(
-                "feature \"{name}\" is not a number: {}",
-                json_type(other)
-            ))),
-        })
-        .collect()
+fn feature_values(p: &FeaturesParams, features: &Features) -> Result<Vec<Option<f64>>, RowError> {
+    let missing = |name: &str| {
+        if p.missing == "mean" {
+            Ok(None)
+        } else {
+            Err(RowError::Permanent(format!("feature \"{name}\" is missing")))
+        }
+    };
+    let number = |name: &str, x: f64| {
+        Some(x).filter(|x| x.is_finite()).map(Some).ok_or_else(|| RowError::Permanent(format!("feature \"{name}\" is not a finite number")))
+    };
+    let not_a_number = |name: &str, t: &str| Err(RowError::Permanent(format!("feature \"{name}\" is not a number: {t}")));
+    match features {
+        Features::Binary(b) => {
+            let obj = b.object().map_err(|what| RowError::Permanent(format!("features is not a json object but {what}")))?;
+            p.features
+                .iter()
+                .map(|name| match obj.get(name).map_err(|e| RowError::Permanent(format!("features: {e}")))? {
+                    None | Some(jsonb::Value::Null) => missing(name),
+                    Some(jsonb::Value::Number(x)) => number(name, x),
+                    Some(other) => not_a_number(name, jsonb_type(&other)),
+                })
+                .collect()
+        }
+        Features::Text(t) => {
+            let v: Value =
+                serde_json::from_str(t).map_err(|e| RowError::Permanent(format!("features is not valid json: {e}")))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| RowError::Permanent(format!("features is not a json object but {}", if v.is_array() { "an array" } else { "a scalar" })))?;
+            p.features
+                .iter()
+                .map(|name| match obj.get(name) {
+                    None | Some(Value::Null) => missing(name),
+                    Some(Value::Number(n)) => number(name, n.as_f64().unwrap_or(f64::NAN)),
+                    Some(other) => not_a_number(name, json_type(other)),
+                })
+                .collect()
+        }
+    }
+}
+
+fn jsonb_type(v: &jsonb::Value) -> &'static str {
+    match v {
+        jsonb::Value::Null => "null",
+        jsonb::Value::Bool => "boolean",
+        jsonb::Value::Number(_) => "number",
+        jsonb::Value::String => "string",
+        jsonb::Value::Array => "array",
+        jsonb::Value::Object => "object",
+    }
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -350,44 +400,47 @@ fn check_finite(v: &[f32]) -> Result<(), RowError> {
     }
 }
 
+/// The features embedder's vector from the row's feature values.
+fn features_vector(d: usize, p: &FeaturesParams, vals: &[Option<f64>], projection: Option<&[f32]>) -> Result<Vec<f32>, RowError> {
+    let z: Vec<f64> = vals
+        .iter()
+        .zip(p.mean.iter().zip(&p.std))
+        .map(|(v, (m, s))| v.map(|x| (x - m) / s).unwrap_or(0.0))
+        .collect();
+    if z.iter().any(|x| !x.is_finite()) {
+        return Err(RowError::Permanent("a standardised feature is not finite".into()));
+    }
+    let mut out = vec![0f32; d];
+    if z.len() == d {
+        for (o, x) in out.iter_mut().zip(&z) {
+            *o = *x as f32;
+        }
+    } else {
+        let proj = projection.expect("the features embedder needs its projection");
+        let mut acc = vec![0f64; d];
+        for (i, zi) in z.iter().enumerate() {
+            if *zi == 0.0 {
+                continue;
+            }
+            let row = &proj[i * d..(i + 1) * d];
+            for (a, r) in acc.iter_mut().zip(row) {
+                *a += zi * (*r as f64);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            *o = *a as f32;
+        }
+    }
+    l2_normalise(&mut out, "these features")?;
+    check_finite(&out)?;
+    Ok(out)
+}
+
 /// Embeds one row with a built-in embedder.
 pub fn embed_one(e: &Embedder, row: &SignalInput, projection: Option<&[f32]>) -> Result<Vec<f32>, RowError> {
     let d = e.dims;
     let out = match &e.kind {
-        Kind::Features(p) => {
-            let vals = feature_values(p, &row.features)?;
-            let z: Vec<f64> = vals
-                .iter()
-                .zip(p.mean.iter().zip(&p.std))
-                .map(|(v, (m, s))| v.map(|x| (x - m) / s).unwrap_or(0.0))
-                .collect();
-            if z.iter().any(|x| !x.is_finite()) {
-                return Err(RowError::Permanent("a standardised feature is not finite".into()));
-            }
-            let mut out = vec![0f32; d];
-            if z.len() == d {
-                for (o, x) in out.iter_mut().zip(&z) {
-                    *o = *x as f32;
-                }
-            } else {
-                let proj = projection.expect("the features embedder needs its projection");
-                let mut acc = vec![0f64; d];
-                for (i, zi) in z.iter().enumerate() {
-                    if *zi == 0.0 {
-                        continue;
-                    }
-                    let row = &proj[i * d..(i + 1) * d];
-                    for (a, r) in acc.iter_mut().zip(row) {
-                        *a += zi * (*r as f64);
-                    }
-                }
-                for (o, a) in out.iter_mut().zip(&acc) {
-                    *o = *a as f32;
-                }
-            }
-            l2_normalise(&mut out, "these features")?;
-            out
-        }
+        Kind::Features(p) => features_vector(d, p, &feature_values(p, &row.features)?, projection)?,
         Kind::Series(p) => {
             let s = row.series.as_deref().unwrap_or(&[]);
             if s.len() < p.min_length {
@@ -510,14 +563,26 @@ pub fn embed_batch(e: &Embedder, rows: &[(SignalInput, Option<Vec<u8>>, bool)]) 
     rows.par_iter()
         .with_min_len(64)
         .map(|(row, stored, force)| {
-            let hash = input_hash(e, row);
+            // the features embedder parses a row's features once, for the hash and the vector
+            let vals = match &e.kind {
+                Kind::Features(p) => Some((p, feature_values(p, &row.features))),
+                _ => None,
+            };
+            let hash = match &vals {
+                Some((p, Ok(v))) => Ok(features_hash(p, v)),
+                Some((_, Err(err))) => Err(err.clone()),
+                None => input_hash(e, row),
+            };
             let needs = match (&hash, stored) {
                 (Ok(h), Some(s)) => *force || s.as_slice() != h.as_slice(),
                 _ => true,
             };
             let vector = match &hash {
                 Err(err) => Some(Err(err.clone())),
-                Ok(_) if needs => Some(embed_one(e, row, proj.as_deref())),
+                Ok(_) if needs => Some(match &vals {
+                    Some((p, Ok(v))) => features_vector(e.dims, p, v, proj.as_deref()),
+                    _ => embed_one(e, row, proj.as_deref()),
+                }),
                 Ok(_) => None,
             };
             Embedded { hash, vector }
@@ -636,7 +701,7 @@ mod tests {
         assert_eq!(err(r#"{"a": 1, "b": "x"}"#), RowError::Permanent("feature \"b\" is not a number: string".into()));
         assert_eq!(err(r#"{"a": 1e308, "b": -1e308}"#).class(), "permanent");
         assert_eq!(err(r#"{"a": 0.1, "b": 0.1}"#), RowError::Permanent("these features gives a zero vector, which has no direction".into()));
-        assert_eq!(err("[1]"), RowError::Permanent("features is not a json object".into()));
+        assert_eq!(err("[1]"), RowError::Permanent("features is not a json object but an array".into()));
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! worker, retries and dead letters, history for as-of reads.
 pub mod core;
 pub mod http;
+pub mod jsonb;
 pub mod sql;
 pub mod worker;

@@ -1,7 +1,8 @@
 //! The embedding refresh's SQL surface: register and activate embedders, refresh, sweep, retry,
 //! and the batch step that the scheduler worker runs in its own transactions.
 
-use super::core::{self as emb, Embedded, Embedder, SignalInput};
+use super::core::{self as emb, Embedded, Embedder, Features, SignalInput};
+use super::jsonb::JsonbBytes;
 use crate::error::SqlError;
 use crate::spi::{run, vector_schema};
 use crate::{audit, sql_error};
@@ -219,7 +220,7 @@ fn embedding_input_hash(
     version: i32,
     strategy: Option<&str>,
     symbol: Option<&str>,
-    features: Option<JsonB>,
+    features: Option<JsonbBytes>,
     series: Option<Vec<Option<f64>>>,
     rationale: Option<&str>,
     tags: Option<Vec<Option<String>>>,
@@ -228,7 +229,7 @@ fn embedding_input_hash(
     let row = SignalInput {
         strategy: strategy.unwrap_or_default().to_string(),
         symbol: symbol.unwrap_or_default().to_string(),
-        features: features.map(|j| j.0.to_string()).unwrap_or_else(|| "{}".into()),
+        features: features.map(Features::Binary).unwrap_or_default(),
         series: series.map(|s| s.into_iter().flatten().collect()),
         rationale: rationale.map(String::from),
         tags: tags.unwrap_or_default().into_iter().flatten().collect(),
@@ -270,24 +271,56 @@ pub fn vector_type() -> VectorType {
     })
 }
 
-/// pgvector's `vector` on disk: varlena header, int16 dim, int16 unused, float4[dim].
-unsafe fn vector_datum(v: &[f32]) -> pg_sys::Datum {
-    let size = 8 + 4 * v.len();
+/// A `vector[]` as PostgreSQL lays it out in memory, built in plain Rust (so a thread other than
+/// the backend's may build it): the array header (no null bitmap), then each element, a
+/// pgvector `vector` (4-byte varlena header, int16 dim, int16 unused, float4[dim]), padded to
+/// the type's alignment. Little-endian, as every platform PostgreSQL and pgvector ship on here.
+pub fn vector_array_bytes(elem_oid: u32, align: u8, vectors: &[Vec<f32>]) -> Vec<u8> {
+    let pad = |n: usize| -> usize {
+        let a = match align {
+            b'c' => 1,
+            b's' => 2,
+            b'd' => 8,
+            _ => 4,
+        };
+        n.div_ceil(a) * a
+    };
+    const HEADER: usize = 24; // MAXALIGN(sizeof(ArrayType) + 2 * sizeof(int) * ndim), ndim = 1
+    let total = HEADER + vectors.iter().map(|v| pad(8 + 4 * v.len())).sum::<usize>();
+    let mut b = Vec::with_capacity(total);
+    b.extend_from_slice(&((total as u32) << 2).to_le_bytes()); // 4-byte varlena header
+    b.extend_from_slice(&1i32.to_le_bytes()); // ndim
+    b.extend_from_slice(&0i32.to_le_bytes()); // dataoffset: no null bitmap
+    b.extend_from_slice(&elem_oid.to_le_bytes());
+    b.extend_from_slice(&(vectors.len() as i32).to_le_bytes()); // dims[0]
+    b.extend_from_slice(&1i32.to_le_bytes()); // lbound[0]
+    b.resize(HEADER, 0);
+    for v in vectors {
+        let size = 8 + 4 * v.len();
+        b.extend_from_slice(&((size as u32) << 2).to_le_bytes());
+        b.extend_from_slice(&(v.len() as i16).to_le_bytes());
+        b.extend_from_slice(&0i16.to_le_bytes());
+        for x in v {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        b.resize(b.len() + pad(size) - size, 0);
+    }
+    debug_assert_eq!(b.len(), total);
+    b
+}
+
+/// A `vector[]` argument for SPI, copied into the current memory context.
+fn vector_array_datum<'a>(vt: &VectorType, bytes: &[u8]) -> DatumWithOid<'a> {
     unsafe {
-        let p = pg_sys::palloc0(size) as *mut u8;
-        pgrx::set_varsize_4b(p as *mut pg_sys::varlena, size as i32);
-        *(p.add(4) as *mut i16) = v.len() as i16;
-        std::ptr::copy_nonoverlapping(v.as_ptr(), p.add(8) as *mut f32, v.len());
-        pg_sys::Datum::from(p)
+        let p = pg_sys::palloc(bytes.len()) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        DatumWithOid::new(pg_sys::Datum::from(p), vt.array_oid)
     }
 }
 
-/// A `vector[]` argument for SPI.
-fn vector_array_arg<'a>(vt: &VectorType, vectors: &[Vec<f32>]) -> DatumWithOid<'a> {
-    unsafe {
-        let mut datums: Vec<pg_sys::Datum> = vectors.iter().map(|v| vector_datum(v)).collect();
-        let arr = pg_sys::construct_array(datums.as_mut_ptr(), datums.len() as i32, vt.oid, -1, false, vt.align);
-        DatumWithOid::new(pg_sys::Datum::from(arr), vt.array_oid)
+impl VectorType {
+    fn array_bytes(&self, vectors: &[Vec<f32>]) -> Vec<u8> {
+        vector_array_bytes(self.oid.to_u32(), self.align as u8, vectors)
     }
 }
 
@@ -312,13 +345,50 @@ impl std::ops::AddAssign for BatchOutcome {
     }
 }
 
-/// A signal's inputs from six consecutive columns (strategy, symbol, features::text, series,
+/// `features` read as its stored bytes (detoasted, copied): the embedding threads parse them.
+impl FromDatum for JsonbBytes {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        unsafe {
+            let v = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
+            let size = pgrx::varsize(v);
+            Some(JsonbBytes(std::slice::from_raw_parts(v as *const u8, size).to_vec()))
+        }
+    }
+}
+
+impl IntoDatum for JsonbBytes {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        unsafe {
+            let p = pg_sys::palloc(self.0.len()) as *mut u8;
+            std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, self.0.len());
+            Some(pg_sys::Datum::from(p))
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbBytes, arg_only = "jsonb");
+
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbBytes {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe { arg.unbox_arg_using_from_datum().unwrap_or_else(|| panic!("argument {index} must not be null")) }
+    }
+}
+
+/// A signal's inputs from six consecutive columns (strategy, symbol, features, series,
 /// rationale, tags) of an SPI row, starting at `first`.
 pub fn read_input(t: &pgrx::spi::SpiHeapTupleData, first: usize) -> SignalInput {
     SignalInput {
         strategy: t.get::<String>(first).ok().flatten().unwrap_or_default(),
         symbol: t.get::<String>(first + 1).ok().flatten().unwrap_or_default(),
-        features: t.get::<String>(first + 2).ok().flatten().unwrap_or_else(|| "{}".into()),
+        features: t.get::<JsonbBytes>(first + 2).ok().flatten().map(Features::Binary).unwrap_or_default(),
         series: t.get::<Vec<Option<f64>>>(first + 3).ok().flatten().map(|s| s.into_iter().flatten().collect()),
         rationale: t.get::<String>(first + 4).ok().flatten(),
         tags: t.get::<Vec<Option<String>>>(first + 5).ok().flatten().unwrap_or_default().into_iter().flatten().collect(),
@@ -340,27 +410,50 @@ pub fn still_active(e: &Embedder) -> bool {
     })
 }
 
-/// Refreshes one batch of ready queue rows with a built-in embedder, in the current transaction.
-/// Rows are taken with FOR UPDATE SKIP LOCKED, so concurrent callers never take the same row.
-/// Returns nothing picked when `e` is no longer the active embedder.
-pub fn refresh_batch(e: &Embedder, vt: &VectorType, batch_size: i64) -> BatchOutcome {
-    refresh_batch_after(e, vt, batch_size, &mut None)
+/// A picked queue row: the signal, its attempts so far, its inputs, the stored input hash, whether
+/// another embedder made its vector (so it must be redone even with an equal hash), whether it
+/// has a vector (to keep in the history).
+pub struct Picked {
+    id: i64,
+    attempts: i32,
+    input: SignalInput,
+    stored: Option<Vec<u8>>,
+    other_embedder: bool,
+    has_embedding: bool,
 }
 
-/// One batch, starting after `mark` (the queue position where the previous batch of the same
-/// transaction ended, so a long refresh never rescans the rows it has already dequeued).
-pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark: &mut Option<(TimestampWithTimeZone, i64)>) -> BatchOutcome {
+/// What a batch writes, computed from its picked rows without touching the database, so that it
+/// may run on another thread while the backend writes the previous batch.
+pub struct Computed {
+    picked: i64,
+    unchanged: i64,
+    ids: Vec<i64>,
+    vectors: Vec<u8>,
+    hashes: Vec<Vec<u8>>,
+    had: Vec<i64>,
+    dequeue: Vec<i64>,
+    f_ids: Vec<i64>,
+    f_hash: Vec<Option<Vec<u8>>>,
+    f_err: Vec<String>,
+    f_att: Vec<i32>,
+}
+
+/// Takes up to `batch_size` ready queue rows after `mark` (the queue position where the previous
+/// batch of the same transaction ended, so a long refresh never rescans what it has taken), with
+/// their signals; both locked with FOR UPDATE SKIP LOCKED, so concurrent callers never take the
+/// same row. Nothing when `e` is no longer the active embedder.
+pub fn pick(e: &Embedder, batch_size: i64, mark: &mut Option<(TimestampWithTimeZone, i64)>) -> Vec<Picked> {
     if !still_active(e) {
-        return BatchOutcome::default();
+        return Vec::new();
     }
     let (mark_at, mark_id) = match mark {
         Some((t, i)) => (Some(*t), Some(*i)),
         None => (None, None),
     };
     let mut last: Option<(TimestampWithTimeZone, i64)> = None;
-    let picked: Vec<(i64, i32, SignalInput, Option<Vec<u8>>, bool, bool)> = Spi::connect_mut(|c| {
-        // the queue in order through its index, then the signals; both locked with SKIP LOCKED
-        // (signal before queue, as writers of signals take them), so a batch never waits
+    let picked: Vec<Picked> = Spi::connect_mut(|c| {
+        // the queue in order through its index, then the signals (signal before queue, as
+        // writers of signals take them), so a batch never waits
         c.update(
             "with picked as ( \
                select q.signal_id, q.attempts, q.enqueued_at from quantops.embedding_queue q \
@@ -368,7 +461,7 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
                  and ($4::timestamptz is null or (q.enqueued_at, q.signal_id) > ($4::timestamptz, $5::bigint)) \
                order by q.enqueued_at, q.signal_id limit $3 \
                for update of q skip locked) \
-             select p.signal_id, p.attempts, p.enqueued_at, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
+             select p.signal_id, p.attempts, p.enqueued_at, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags, \
                     s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), \
                     s.embedding is not null \
              from picked p join quantops.signal_embeddings s on s.id = p.signal_id \
@@ -380,92 +473,107 @@ pub fn refresh_batch_after(e: &Embedder, vt: &VectorType, batch_size: i64, mark:
         .map(|t| {
             let id = t.get::<i64>(1).ok().flatten().unwrap_or(0);
             if let Some(at) = t.get::<TimestampWithTimeZone>(3).ok().flatten() {
-                let newer = match &last {
-                    None => true,
-                    Some((lt, li)) => (at, id) > (*lt, *li),
-                };
-                if newer {
+                if last.is_none_or(|l| (at, id) > l) {
                     last = Some((at, id));
                 }
             }
-            (
+            Picked {
                 id,
-                t.get::<i32>(2).ok().flatten().unwrap_or(0),
-                read_input(&t, 4),
-                t.get::<Vec<u8>>(10).ok().flatten(),
-                t.get::<bool>(11).ok().flatten().unwrap_or(true),
-                t.get::<bool>(12).ok().flatten().unwrap_or(true),
-            )
+                attempts: t.get::<i32>(2).ok().flatten().unwrap_or(0),
+                input: read_input(&t, 4),
+                stored: t.get::<Vec<u8>>(10).ok().flatten(),
+                other_embedder: t.get::<bool>(11).ok().flatten().unwrap_or(true),
+                has_embedding: t.get::<bool>(12).ok().flatten().unwrap_or(true),
+            }
         })
         .collect()
     });
     if last.is_some() {
         *mark = last;
     }
-    let mut out = BatchOutcome { picked: picked.len() as i64, ..Default::default() };
-    if picked.is_empty() {
-        return out;
-    }
-    let rows: Vec<(SignalInput, Option<Vec<u8>>, bool)> =
-        picked.iter().map(|(_, _, r, h, f, _)| (r.clone(), h.clone(), *f)).collect();
-    let results: Vec<Embedded> = emb::embed_batch(e, &rows);
+    picked
+}
 
-    let (mut ids, mut vecs, mut hashes, mut had) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut dequeue = Vec::new();
-    let (mut f_ids, mut f_hash, mut f_err, mut f_att) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((id, attempts, _, _, _, has_embedding), r) in picked.iter().zip(results) {
+/// Embeds picked rows (rayon) and lays out what to write. Pure Rust: safe on any thread.
+pub fn compute(e: &Embedder, elem_oid: u32, align: u8, picked: Vec<Picked>) -> Computed {
+    let meta: Vec<(i64, i32, bool)> = picked.iter().map(|p| (p.id, p.attempts, p.has_embedding)).collect();
+    let rows: Vec<(SignalInput, Option<Vec<u8>>, bool)> = picked.into_iter().map(|p| (p.input, p.stored, p.other_embedder)).collect();
+    let results: Vec<Embedded> = emb::embed_batch(e, &rows);
+    let mut c = Computed {
+        picked: meta.len() as i64,
+        unchanged: 0,
+        ids: Vec::new(),
+        vectors: Vec::new(),
+        hashes: Vec::new(),
+        had: Vec::new(),
+        dequeue: Vec::new(),
+        f_ids: Vec::new(),
+        f_hash: Vec::new(),
+        f_err: Vec::new(),
+        f_att: Vec::new(),
+    };
+    let mut vecs = Vec::new();
+    for (&(id, attempts, has_embedding), r) in meta.iter().zip(results) {
         match (r.hash, r.vector) {
             (Ok(_), None) => {
-                out.unchanged += 1;
-                dequeue.push(*id);
+                c.unchanged += 1;
+                c.dequeue.push(id);
             }
             (Ok(h), Some(Ok(v))) => {
-                if *has_embedding {
-                    had.push(*id);
+                if has_embedding {
+                    c.had.push(id);
                 }
-                ids.push(*id);
+                c.ids.push(id);
                 vecs.push(v);
-                hashes.push(h.to_vec());
-                dequeue.push(*id);
+                c.hashes.push(h.to_vec());
+                c.dequeue.push(id);
             }
             (h, Some(Err(err))) => {
-                f_ids.push(*id);
-                f_hash.push(h.ok().map(|x| x.to_vec()));
-                f_err.push(err.message().to_string());
-                f_att.push(attempts + 1);
+                c.f_ids.push(id);
+                c.f_hash.push(h.ok().map(|x| x.to_vec()));
+                c.f_err.push(err.message().to_string());
+                c.f_att.push(attempts + 1);
             }
             (Err(err), _) => {
-                f_ids.push(*id);
-                f_hash.push(None);
-                f_err.push(err.message().to_string());
-                f_att.push(attempts + 1);
+                c.f_ids.push(id);
+                c.f_hash.push(None);
+                c.f_err.push(err.message().to_string());
+                c.f_att.push(attempts + 1);
             }
         }
     }
-    if !ids.is_empty() {
-        write_embeddings_known(e, vt, &ids, &vecs, &hashes, Some(&had));
-        out.done = ids.len() as i64;
+    c.vectors = vector_array_bytes(elem_oid, align, &vecs);
+    c
+}
+
+/// Writes a computed batch in the current transaction: vectors (keeping replaced ones in the
+/// history), dead letters, dequeue.
+pub fn apply(e: &Embedder, vt: &VectorType, c: Computed) -> BatchOutcome {
+    let mut out = BatchOutcome { picked: c.picked, unchanged: c.unchanged, ..Default::default() };
+    if !c.ids.is_empty() {
+        write_vectors(e, vt, &c.ids, vector_array_datum(vt, &c.vectors), &c.hashes, Some(&c.had));
+        out.done = c.ids.len() as i64;
     }
-    if !f_ids.is_empty() {
+    if !c.f_ids.is_empty() {
         // built-in embedders are deterministic: a failure is permanent, dead-letter at once
-        dead_letter(e, &f_ids, &f_hash, &f_err, &f_att, "permanent");
-        out.failed = f_ids.len() as i64;
+        dead_letter(e, &c.f_ids, &c.f_hash, &c.f_err, &c.f_att, "permanent");
+        out.failed = c.f_ids.len() as i64;
     }
-    if !dequeue.is_empty() {
-        run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[dequeue.into()]);
+    if !c.dequeue.is_empty() {
+        run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[c.dequeue.into()]);
     }
     out
 }
 
 /// Writes embeddings, keeping each replaced one in the history.
 pub fn write_embeddings(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<f32>], hashes: &[Vec<u8>]) {
-    write_embeddings_known(e, vt, ids, vecs, hashes, None)
+    write_vectors(e, vt, ids, vector_array_datum(vt, &vt.array_bytes(vecs)), hashes, None)
 }
 
-/// write_embeddings, told (when the caller read the rows under lock) which rows had an
-/// embedding: only those have one to keep in the history, and a batch of first embeddings skips
-/// that statement. Dead letters are cleared only when there are any.
-pub fn write_embeddings_known(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<f32>], hashes: &[Vec<u8>], had: Option<&[i64]>) {
+/// Writes a `vector[]` of embeddings for `ids`. `had`, when the caller read the rows under lock,
+/// tells which rows had an embedding: only those have one to keep in the history, and a batch of
+/// first embeddings skips that statement. Dead letters are cleared only when there are any.
+fn write_vectors(e: &Embedder, vt: &VectorType, ids: &[i64], vectors: DatumWithOid<'_>, hashes: &[Vec<u8>], had: Option<&[i64]>) {
     let keep: &[i64] = had.unwrap_or(ids);
     if !keep.is_empty() {
         history(keep);
@@ -483,13 +591,7 @@ pub fn write_embeddings_known(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: 
     run(
         "writing embeddings",
         &sql,
-        &[
-            ids.to_vec().into(),
-            vector_array_arg(vt, vecs),
-            hashes.to_vec().into(),
-            e.name.as_str().into(),
-            e.version.to_string().into(),
-        ],
+        &[ids.to_vec().into(), vectors, hashes.to_vec().into(), e.name.as_str().into(), e.version.to_string().into()],
     );
 }
 
@@ -588,18 +690,51 @@ fn refresh_embeddings(
 }
 
 /// Runs batches, in this transaction, until the row limit, the time budget or an empty queue.
+/// Pipelined: while the backend writes batch k, another thread embeds batch k+1 (picked and
+/// locked just before), so the embedding costs no time of the backend's.
 pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, batch: i64) -> BatchOutcome {
     let t0 = Instant::now();
     let mut total = BatchOutcome::default();
     let mut mark = None;
-    while total.picked < max_rows && t0.elapsed() < budget {
-        let b = refresh_batch_after(e, vt, batch.min(max_rows - total.picked), &mut mark);
-        total += b;
-        if b.picked == 0 {
-            break;
+    let mut taken = 0i64;
+    let mut pending: Option<std::thread::JoinHandle<Computed>> = None;
+    loop {
+        let next = if taken < max_rows && t0.elapsed() < budget { pick(e, batch.min(max_rows - taken), &mut mark) } else { Vec::new() };
+        taken += next.len() as i64;
+        let spawned = (!next.is_empty()).then(|| {
+            let (e2, oid, align) = (e.clone(), vt.oid.to_u32(), vt.align as u8);
+            std::thread::Builder::new()
+                .name("quantops-embed".into())
+                .spawn(move || pipeline_pool().install(|| compute(&e2, oid, align, next)))
+                .unwrap_or_else(|err| pgrx::error!("quantops: starting an embedding thread failed: {err}"))
+        });
+        if let Some(h) = pending.take() {
+            total += apply(e, vt, join(h));
+        }
+        match spawned {
+            Some(h) => pending = Some(h),
+            None => break,
         }
     }
     total
+}
+
+/// The threads that embed while the backend writes: one fewer than the cores, so the backend
+/// keeps one to itself (at least one).
+fn pipeline_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("quantops-embed-{i}"))
+            .build()
+            .unwrap_or_else(|e| pgrx::error!("quantops: starting the embedding threads failed: {e}"))
+    })
+}
+
+fn join(h: std::thread::JoinHandle<Computed>) -> Computed {
+    h.join().unwrap_or_else(|_| pgrx::error!("quantops: the embedding thread panicked"))
 }
 
 /// Enqueues every stale row that is not queued: no embedding, another embedder, or an input hash
@@ -702,6 +837,89 @@ mod tests {
             Spi::get_one("select array[done, unchanged, failed, remaining] from quantops.refresh_embeddings()").unwrap();
         let r: Vec<i64> = r.unwrap().into_iter().map(|x| x.unwrap()).collect();
         (r[0], r[1], r[2], r[3])
+    }
+
+    #[pg_test]
+    fn jsonb_read_in_place_gives_postgres_own_numbers_and_the_text_paths_hash() {
+        use super::super::core::{input_hash, Embedder, Features, SignalInput};
+        use super::super::jsonb::{JsonbBytes, Value};
+        let e = Embedder::parse("t", 1, "features", 3,
+            &serde_json::json!({"features": ["a", "bb", "longer_key"], "mean": [0, 0, 0], "std": [1, 1, 1]})).unwrap();
+        // every magnitude, sign and scale (short and long numeric formats), keys of mixed lengths
+        let sql = "with x as (select g, round(((random() * 2 - 1) * 10 ^ (g % 41 - 20))::numeric, g % 25) x \
+                                from generate_series(1, 3000) g) \
+                   select jsonb_build_object('a', x, 'bb', -x * 0.0000001, 'longer_key', x * 1e20, 'z', 'str', 'n', null, \
+                                             'o', jsonb_build_object('a', 1), 'arr', jsonb_build_array(1), 't', true) j, \
+                          (jsonb_build_object('a', x, 'bb', -x * 0.0000001, 'longer_key', x * 1e20))::text, \
+                          x::float8, (-x * 0.0000001)::float8, (x * 1e20)::float8 from x";
+        let n = Spi::connect(|c| {
+            let mut n = 0;
+            for t in c.select(sql, None, &[]).unwrap() {
+                let b: JsonbBytes = t.get(1).unwrap().unwrap();
+                let text: String = t.get(2).unwrap().unwrap();
+                let o = b.object().unwrap();
+                for (k, col) in [("a", 3), ("bb", 4), ("longer_key", 5)] {
+                    let want: f64 = t.get(col).unwrap().unwrap();
+                    match o.get(k).unwrap() {
+                        Some(Value::Number(x)) => assert_eq!(x.to_bits(), want.to_bits(), "{k} in {text}"),
+                        other => panic!("{k}: {other:?}"),
+                    }
+                }
+                assert_eq!(o.get("z").unwrap(), Some(Value::String));
+                assert_eq!(o.get("n").unwrap(), Some(Value::Null));
+                assert_eq!(o.get("o").unwrap(), Some(Value::Object));
+                assert_eq!(o.get("arr").unwrap(), Some(Value::Array));
+                assert_eq!(o.get("t").unwrap(), Some(Value::Bool));
+                assert_eq!(o.get("absent").unwrap(), None);
+                let row = |f| SignalInput { features: f, ..Default::default() };
+                assert_eq!(input_hash(&e, &row(Features::Binary(b))), input_hash(&e, &row(Features::Text(text))));
+                n += 1;
+            }
+            n
+        });
+        assert_eq!(n, 3000);
+        let scalar: JsonbBytes = Spi::get_one("select '5'::jsonb").unwrap().unwrap();
+        assert_eq!(scalar.object().err().as_deref(), Some("a scalar"));
+        let array: JsonbBytes = Spi::get_one("select '[1, 2]'::jsonb").unwrap().unwrap();
+        assert_eq!(array.object().err().as_deref(), Some("an array"));
+    }
+
+    #[pg_test]
+    fn vector_arrays_built_in_rust_are_what_postgres_builds() {
+        let vt = super::vector_type();
+        let vecs = vec![vec![1.0f32, 2.0, 3.0], vec![4.5, -1.0, 0.0], vec![f32::MIN_POSITIVE]];
+        let sql = format!(
+            "select $1 = array['[1,2,3]', '[4.5,-1,0]', '[{:e}]']::{s}.vector[] and pg_catalog.array_length($1, 1) = 3 \
+               and ($1)[2] = '[4.5,-1,0]'::{s}.vector",
+            f32::MIN_POSITIVE,
+            s = vt.schema
+        );
+        let same: Option<bool> = Spi::get_one_with_args(&sql, &[super::vector_array_datum(&vt, &vt.array_bytes(&vecs))]).unwrap();
+        assert_eq!(same, Some(true));
+        let empty: Option<i32> =
+            Spi::get_one_with_args("select pg_catalog.cardinality($1)", &[super::vector_array_datum(&vt, &vt.array_bytes(&[]))]).unwrap();
+        assert_eq!(empty, Some(0));
+    }
+
+    #[pg_test]
+    fn a_pipelined_refresh_in_small_batches_embeds_every_row_once() {
+        setup();
+        Spi::run("insert into quantops.signal_embeddings (strategy, symbol, as_of, features) \
+                  select 'pgtest', 'P' || g, now(), jsonb_build_object('a', g, 'b', 1) from generate_series(1, 25) g").unwrap();
+        let r: Option<Vec<Option<i64>>> =
+            Spi::get_one("select array[done, unchanged, failed, remaining] from quantops.refresh_embeddings(batch_size => 3)").unwrap();
+        assert_eq!(r.unwrap(), vec![Some(35), Some(0), Some(0), Some(0)]);
+        let wrong: Option<i64> = Spi::get_one(
+            "select count(*) from quantops.signal_embeddings \
+             where embedding is null or input_hash is distinct from quantops.embedding_input_hash('feat', 1, strategy, symbol, features, series, rationale, tags)",
+        )
+        .unwrap();
+        assert_eq!(wrong, Some(0));
+        // max_rows is honoured exactly, across batches
+        Spi::run("update quantops.signal_embeddings set features = features || '{\"b\": 2}'").unwrap();
+        let r: Option<Vec<Option<i64>>> =
+            Spi::get_one("select array[done, remaining] from quantops.refresh_embeddings(max_rows => 7, batch_size => 3)").unwrap();
+        assert_eq!(r.unwrap(), vec![Some(7), Some(28)]);
     }
 
     #[pg_test]

@@ -36,9 +36,10 @@ pub fn drain() -> i64 {
     while t0.elapsed() < DRAIN_BUDGET && !crate::workers::stopping() {
         let step = if e.is_builtin() {
             let e2 = e.clone();
+            // up to 5 batches of 2,000 a transaction, pipelined (embed the next while writing one)
             in_transaction(move || {
                 let vt = sql::vector_type();
-                sql::refresh_batch(&e2, &vt, 2000)
+                sql::drain(&e2, &vt, 10_000, Duration::from_secs(5), 2000)
             })
         } else {
             http_step(&e)
@@ -180,7 +181,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
                update quantops.embedding_queue q set lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => $4), \
                  leased_by = pg_catalog.pg_backend_pid(), attempts = q.attempts + 1 \
                from picked where q.signal_id = picked.signal_id returning q.signal_id, q.attempts, q.last_error_class is not null as retry) \
-             select l.signal_id, l.attempts, s.strategy, s.symbol, s.features::text, s.series, s.rationale, s.tags, \
+             select l.signal_id, l.attempts, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags, \
                     s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), l.retry \
              from leased l join quantops.signal_embeddings s on s.id = l.signal_id",
             None,
