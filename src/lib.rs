@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod prune;
 pub mod registry;
 pub mod spi;
+pub mod threads;
 pub mod workers;
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);

@@ -557,37 +557,45 @@ pub struct Embedded {
 }
 
 /// Hashes a batch and embeds the rows whose hash differs from `stored` (or whose embedder
-/// changed: `force`), in parallel with rayon. Built-in embedders only.
+/// changed: `force`), in parallel with rayon (in the pool it is called from, else quantops' own).
+/// Built-in embedders only.
 pub fn embed_batch(e: &Embedder, rows: &[(SignalInput, Option<Vec<u8>>, bool)]) -> Vec<Embedded> {
     let proj = projection(e);
-    rows.par_iter()
-        .with_min_len(64)
-        .map(|(row, stored, force)| {
-            // the features embedder parses a row's features once, for the hash and the vector
-            let vals = match &e.kind {
-                Kind::Features(p) => Some((p, feature_values(p, &row.features))),
-                _ => None,
-            };
-            let hash = match &vals {
-                Some((p, Ok(v))) => Ok(features_hash(p, v)),
-                Some((_, Err(err))) => Err(err.clone()),
-                None => input_hash(e, row),
-            };
-            let needs = match (&hash, stored) {
-                (Ok(h), Some(s)) => *force || s.as_slice() != h.as_slice(),
-                _ => true,
-            };
-            let vector = match &hash {
-                Err(err) => Some(Err(err.clone())),
-                Ok(_) if needs => Some(match &vals {
-                    Some((p, Ok(v))) => features_vector(e.dims, p, v, proj.as_deref()),
-                    _ => embed_one(e, row, proj.as_deref()),
-                }),
-                Ok(_) => None,
-            };
-            Embedded { hash, vector }
-        })
-        .collect()
+    let run = || -> Vec<Embedded> {
+        rows.par_iter()
+            .with_min_len(64)
+            .map(|(row, stored, force)| {
+                // the features embedder parses a row's features once, for the hash and the vector
+                let vals = match &e.kind {
+                    Kind::Features(p) => Some((p, feature_values(p, &row.features))),
+                    _ => None,
+                };
+                let hash = match &vals {
+                    Some((p, Ok(v))) => Ok(features_hash(p, v)),
+                    Some((_, Err(err))) => Err(err.clone()),
+                    None => input_hash(e, row),
+                };
+                let needs = match (&hash, stored) {
+                    (Ok(h), Some(s)) => *force || s.as_slice() != h.as_slice(),
+                    _ => true,
+                };
+                let vector = match &hash {
+                    Err(err) => Some(Err(err.clone())),
+                    Ok(_) if needs => Some(match &vals {
+                        Some((p, Ok(v))) => features_vector(e.dims, p, v, proj.as_deref()),
+                        _ => embed_one(e, row, proj.as_deref()),
+                    }),
+                    Ok(_) => None,
+                };
+                Embedded { hash, vector }
+            })
+            .collect()
+    };
+    if rayon::current_thread_index().is_some() {
+        run()
+    } else {
+        crate::threads::pool().install(run)
+    }
 }
 
 /// Exponential backoff with full jitter: a delay in [0, min(cap, base * 2^(attempt-1))], and

@@ -705,7 +705,10 @@ pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, bat
             let (e2, oid, align) = (e.clone(), vt.oid.to_u32(), vt.align as u8);
             std::thread::Builder::new()
                 .name("quantops-embed".into())
-                .spawn(move || pipeline_pool().install(|| compute(&e2, oid, align, next)))
+                .spawn(move || {
+                    crate::threads::block_signals();
+                    crate::threads::pipeline_pool().install(|| compute(&e2, oid, align, next))
+                })
                 .unwrap_or_else(|err| pgrx::error!("quantops: starting an embedding thread failed: {err}"))
         });
         if let Some(h) = pending.take() {
@@ -717,20 +720,6 @@ pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, bat
         }
     }
     total
-}
-
-/// The threads that embed while the backend writes: one fewer than the cores, so the backend
-/// keeps one to itself (at least one).
-fn pipeline_pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1);
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("quantops-embed-{i}"))
-            .build()
-            .unwrap_or_else(|e| pgrx::error!("quantops: starting the embedding threads failed: {e}"))
-    })
 }
 
 fn join(h: std::thread::JoinHandle<Computed>) -> Computed {

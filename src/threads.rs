@@ -1,0 +1,67 @@
+//! The threads quantops starts inside a PostgreSQL process (rayon pools, the embedding pipeline).
+//! They compute in plain Rust and never call into PostgreSQL; they also never run its signal
+//! handlers: each blocks every signal as it starts, so a SIGTERM or SIGUSR1 meant for the backend
+//! is always taken by the backend's own thread.
+
+use std::sync::OnceLock;
+
+/// Blocks every signal in the calling thread (a thread we started, never the backend's).
+pub fn block_signals() {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn build(threads: usize, name: &'static str) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(move |i| format!("{name}-{i}"))
+        .start_handler(|_| block_signals())
+        .build()
+        .expect("starting a thread pool")
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A pool with a thread per core, for work the backend waits for (k-means, recall, embedding
+/// when nothing else runs). Built on first use, in the process that uses it (never the
+/// postmaster: threads do not survive fork).
+pub fn pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| build(cores(), "quantops"))
+}
+
+/// A pool with one thread fewer than the cores (at least one), for work that runs while the
+/// backend writes: the backend keeps a core to itself.
+pub fn pipeline_pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| build(cores() - 1, "quantops-embed"))
+}
+
+#[cfg(test)]
+mod tests {
+    fn blocked(sig: libc::c_int) -> bool {
+        unsafe {
+            let mut cur: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+            libc::sigismember(&cur, sig) == 1
+        }
+    }
+
+    #[test]
+    fn pool_threads_never_take_the_backends_signals() {
+        for pool in [super::pool(), super::pipeline_pool()] {
+            let all = pool.install(|| {
+                use rayon::prelude::*;
+                (0..64).into_par_iter().map(|_| blocked(libc::SIGTERM) && blocked(libc::SIGUSR1) && blocked(libc::SIGINT)).all(|b| b)
+            });
+            assert!(all);
+        }
+        assert!(!blocked(libc::SIGUSR2), "the calling thread keeps its mask");
+        assert!(super::pipeline_pool().current_num_threads() >= 1);
+    }
+}
