@@ -145,12 +145,13 @@ fn concurrent_callers_and_the_worker_never_embed_a_row_twice() {
     use_features_embedder();
     let t = tag();
     let mut c = admin();
-    // 4,000 rows at once; the enqueue trigger wakes the worker at commit, and four callers race it
+    // 20,000 rows at once; the enqueue trigger wakes the worker at commit, and four callers race it
+    // (the worker takes at most 10,000 rows a transaction, so the callers always find rows to take)
     c.execute(
         "insert into quantops.signal_embeddings (strategy, symbol, as_of, features) \
          select $1, 'S' || g, now(), jsonb_build_object('momentum_12_1', g * 0.0001, 'volatility_20d', 0.3, \
                 'zscore_5d', (g % 7) - 3, 'volume_ratio', 1 + (g % 5) * 0.1, 'carry', 0.01) \
-         from generate_series(1, 4000) g",
+         from generate_series(1, 20000) g",
         &[&t],
     )
     .unwrap();
@@ -171,8 +172,8 @@ fn concurrent_callers_and_the_worker_never_embed_a_row_twice() {
         })
         .collect();
     let by_callers: i64 = callers.into_iter().map(|h| h.join().unwrap()).sum();
-    let (done, dead) = wait_settled(&t, "it-features", 4000, 60);
-    assert_eq!((done, dead), (4000, 0));
+    let (done, dead) = wait_settled(&t, "it-features", 20000, 120);
+    assert_eq!((done, dead), (20000, 0));
     // a row embedded twice would have left its first embedding in the history
     assert_eq!(history_rows(&t), 0, "a row was embedded twice");
     assert!(by_callers > 0, "the callers took part");
