@@ -285,6 +285,14 @@ pub fn vector_array_bytes(elem_oid: u32, align: u8, vectors: &[Vec<f32>]) -> Vec
         };
         n.div_ceil(a) * a
     };
+    if vectors.is_empty() {
+        // PostgreSQL's empty array: no dimensions at all
+        let mut b = (16u32 << 2).to_le_bytes().to_vec();
+        b.extend_from_slice(&0i32.to_le_bytes());
+        b.extend_from_slice(&0i32.to_le_bytes());
+        b.extend_from_slice(&elem_oid.to_le_bytes());
+        return b;
+    }
     const HEADER: usize = 24; // MAXALIGN(sizeof(ArrayType) + 2 * sizeof(int) * ndim), ndim = 1
     let total = HEADER + vectors.iter().map(|v| pad(8 + 4 * v.len())).sum::<usize>();
     let mut b = Vec::with_capacity(total);
@@ -424,6 +432,7 @@ pub struct Picked {
 
 /// What a batch writes, computed from its picked rows without touching the database, so that it
 /// may run on another thread while the backend writes the previous batch.
+#[derive(Default)]
 pub struct Computed {
     picked: i64,
     unchanged: i64,
@@ -499,19 +508,7 @@ pub fn compute(e: &Embedder, elem_oid: u32, align: u8, picked: Vec<Picked>) -> C
     let meta: Vec<(i64, i32, bool)> = picked.iter().map(|p| (p.id, p.attempts, p.has_embedding)).collect();
     let rows: Vec<(SignalInput, Option<Vec<u8>>, bool)> = picked.into_iter().map(|p| (p.input, p.stored, p.other_embedder)).collect();
     let results: Vec<Embedded> = emb::embed_batch(e, &rows);
-    let mut c = Computed {
-        picked: meta.len() as i64,
-        unchanged: 0,
-        ids: Vec::new(),
-        vectors: Vec::new(),
-        hashes: Vec::new(),
-        had: Vec::new(),
-        dequeue: Vec::new(),
-        f_ids: Vec::new(),
-        f_hash: Vec::new(),
-        f_err: Vec::new(),
-        f_att: Vec::new(),
-    };
+    let mut c = Computed { picked: meta.len() as i64, ..Default::default() };
     let mut vecs = Vec::new();
     for (&(id, attempts, has_embedding), r) in meta.iter().zip(results) {
         match (r.hash, r.vector) {
@@ -885,9 +882,12 @@ mod tests {
         );
         let same: Option<bool> = Spi::get_one_with_args(&sql, &[super::vector_array_datum(&vt, &vt.array_bytes(&vecs))]).unwrap();
         assert_eq!(same, Some(true));
-        let empty: Option<i32> =
-            Spi::get_one_with_args("select pg_catalog.cardinality($1)", &[super::vector_array_datum(&vt, &vt.array_bytes(&[]))]).unwrap();
-        assert_eq!(empty, Some(0));
+        let empty: Option<bool> = Spi::get_one_with_args(
+            &format!("select pg_catalog.cardinality($1) = 0 and $1 = '{{}}'::{}.vector[]", vt.schema),
+            &[super::vector_array_datum(&vt, &vt.array_bytes(&[]))],
+        )
+        .unwrap();
+        assert_eq!(empty, Some(true));
     }
 
     #[pg_test]
