@@ -27,7 +27,7 @@ done
 psql_ -f scripts/sql/demo.sql
 BEFORE=$(psql_ -At -c "select clock_timestamp()")
 psql_ -f scripts/sql/demo_embeddings.sql
-echo "the worker drains the backlog (woken at commit, a batch per transaction):"
+echo "the worker drains the backlog (woken at commit, up to 5 batches of 2,000 per transaction):"
 for _ in $(seq 1 40); do
   line=$(psql_ -At -F ' ' -c "select backlog, coverage::text from quantops.embedding_status")
   echo "  $(date +%T.%2N)  backlog ${line%% *}  coverage ${line#* }"
