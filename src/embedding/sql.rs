@@ -462,7 +462,10 @@ pub fn pick(e: &Embedder, batch_size: i64, mark: &mut Option<(TimestampWithTimeZ
     let mut last: Option<(TimestampWithTimeZone, i64)> = None;
     let picked: Vec<Picked> = Spi::connect_mut(|c| {
         // the queue in order through its index, then the signals (signal before queue, as
-        // writers of signals take them), so a batch never waits
+        // writers of signals take them), so a batch never waits. Each signal is probed by id in
+        // a LATERAL subquery that locks (so it is never flattened into a join): the planner,
+        // left to choose with the queue's statistics stale, walked the primary key from its
+        // start for every batch (merge join) or compared every pair (nested loop): quadratic.
         c.update(
             "with picked as ( \
                select q.signal_id, q.attempts, q.enqueued_at from quantops.embedding_queue q \
@@ -471,10 +474,13 @@ pub fn pick(e: &Embedder, batch_size: i64, mark: &mut Option<(TimestampWithTimeZ
                order by q.enqueued_at, q.signal_id limit $3 \
                for update of q skip locked) \
              select p.signal_id, p.attempts, p.enqueued_at, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags, \
-                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), \
-                    s.embedding is not null \
-             from picked p join quantops.signal_embeddings s on s.id = p.signal_id \
-             for update of s skip locked",
+                    s.input_hash, s.other_embedder, s.has_embedding \
+             from picked p cross join lateral ( \
+               select s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags, s.input_hash, \
+                      (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text) as other_embedder, \
+                      s.embedding is not null as has_embedding \
+               from quantops.signal_embeddings s where s.id = p.signal_id \
+               for update of s skip locked) s",
             None,
             &[e.name.as_str().into(), e.version.into(), batch_size.into(), mark_at.into(), mark_id.into()],
         )
