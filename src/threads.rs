@@ -35,6 +35,15 @@ pub fn pool() -> &'static rayon::ThreadPool {
     POOL.get_or_init(|| build(cores(), "quantops"))
 }
 
+/// Runs `f` (which uses rayon) in the pool it is called from, else in quantops' own `pool()`.
+pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        pool().install(f)
+    }
+}
+
 /// A pool with one thread fewer than the cores (at least one), for work that runs while the
 /// backend writes: the backend keeps a core to itself.
 pub fn pipeline_pool() -> &'static rayon::ThreadPool {

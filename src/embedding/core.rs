@@ -307,66 +307,28 @@ pub fn input_hash(e: &Embedder, row: &SignalInput) -> Result<[u8; 32], RowError>
 }
 
 fn feature_values(p: &FeaturesParams, features: &Features) -> Result<Vec<Option<f64>>, RowError> {
-    let missing = |name: &str| {
-        if p.missing == "mean" {
-            Ok(None)
-        } else {
-            Err(RowError::Permanent(format!("feature \"{name}\" is missing")))
-        }
+    let value = |name: &str, v: Option<jsonb::Value>| match v {
+        None | Some(jsonb::Value::Null) if p.missing == "mean" => Ok(None),
+        None | Some(jsonb::Value::Null) => Err(RowError::Permanent(format!("feature \"{name}\" is missing"))),
+        Some(jsonb::Value::Number(x)) if x.is_finite() => Ok(Some(x)),
+        Some(jsonb::Value::Number(_)) => Err(RowError::Permanent(format!("feature \"{name}\" is not a finite number"))),
+        Some(other) => Err(RowError::Permanent(format!("feature \"{name}\" is not a number: {}", other.type_name()))),
     };
-    let number = |name: &str, x: f64| {
-        Some(x).filter(|x| x.is_finite()).map(Some).ok_or_else(|| RowError::Permanent(format!("feature \"{name}\" is not a finite number")))
-    };
-    let not_a_number = |name: &str, t: &str| Err(RowError::Permanent(format!("feature \"{name}\" is not a number: {t}")));
+    let not_object = |what: &str| RowError::Permanent(format!("features is not a json object but {what}"));
     match features {
         Features::Binary(b) => {
-            let obj = b.object().map_err(|what| RowError::Permanent(format!("features is not a json object but {what}")))?;
+            let obj = b.object().map_err(|what| not_object(&what))?;
             p.features
                 .iter()
-                .map(|name| match obj.get(name).map_err(|e| RowError::Permanent(format!("features: {e}")))? {
-                    None | Some(jsonb::Value::Null) => missing(name),
-                    Some(jsonb::Value::Number(x)) => number(name, x),
-                    Some(other) => not_a_number(name, jsonb_type(&other)),
-                })
+                .map(|name| value(name, obj.get(name).map_err(|e| RowError::Permanent(format!("features: {e}")))?))
                 .collect()
         }
         Features::Text(t) => {
             let v: Value =
                 serde_json::from_str(t).map_err(|e| RowError::Permanent(format!("features is not valid json: {e}")))?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| RowError::Permanent(format!("features is not a json object but {}", if v.is_array() { "an array" } else { "a scalar" })))?;
-            p.features
-                .iter()
-                .map(|name| match obj.get(name) {
-                    None | Some(Value::Null) => missing(name),
-                    Some(Value::Number(n)) => number(name, n.as_f64().unwrap_or(f64::NAN)),
-                    Some(other) => not_a_number(name, json_type(other)),
-                })
-                .collect()
+            let obj = v.as_object().ok_or_else(|| not_object(if v.is_array() { "an array" } else { "a scalar" }))?;
+            p.features.iter().map(|name| value(name, obj.get(name).map(jsonb::Value::of_json))).collect()
         }
-    }
-}
-
-fn jsonb_type(v: &jsonb::Value) -> &'static str {
-    match v {
-        jsonb::Value::Null => "null",
-        jsonb::Value::Bool => "boolean",
-        jsonb::Value::Number(_) => "number",
-        jsonb::Value::String => "string",
-        jsonb::Value::Array => "array",
-        jsonb::Value::Object => "object",
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
@@ -557,7 +519,7 @@ pub struct Embedded {
 }
 
 /// Hashes a batch and embeds the rows whose hash differs from `stored` (or whose embedder
-/// changed: `force`), in parallel with rayon (in the pool it is called from, else quantops' own).
+/// changed: `force`), in parallel with rayon (`threads::run`).
 /// Built-in embedders only.
 pub fn embed_batch(e: &Embedder, rows: &[(SignalInput, Option<Vec<u8>>, bool)]) -> Vec<Embedded> {
     let proj = projection(e);
@@ -591,11 +553,7 @@ pub fn embed_batch(e: &Embedder, rows: &[(SignalInput, Option<Vec<u8>>, bool)]) 
             })
             .collect()
     };
-    if rayon::current_thread_index().is_some() {
-        run()
-    } else {
-        crate::threads::pool().install(run)
-    }
+    crate::threads::run(run)
 }
 
 /// Exponential backoff with full jitter: a delay in [0, min(cap, base * 2^(attempt-1))], and

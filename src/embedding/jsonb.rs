@@ -20,6 +20,32 @@ pub enum Value {
     Object,
 }
 
+impl Value {
+    /// The same for a parsed JSON value (serde's numbers are correctly rounded: `float_roundtrip`).
+    pub fn of_json(v: &serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(_) => Value::Bool,
+            serde_json::Value::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::String(_) => Value::String,
+            serde_json::Value::Array(_) => Value::Array,
+            serde_json::Value::Object(_) => Value::Object,
+        }
+    }
+
+    /// The JSON type's name, as error messages give it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool => "boolean",
+            Value::Number(_) => "number",
+            Value::String => "string",
+            Value::Array => "array",
+            Value::Object => "object",
+        }
+    }
+}
+
 const JB_CMASK: u32 = 0x0FFF_FFFF;
 const JB_FSCALAR: u32 = 0x1000_0000;
 const JB_FOBJECT: u32 = 0x2000_0000;

@@ -150,7 +150,7 @@ pub fn assign(sample: &[Vec<f32>], centers: &[Vec<f32>], metric: Metric) -> Assi
     if centers.is_empty() || sample.is_empty() {
         return Assignment { counts, mean_distance: f64::NAN };
     }
-    let picks: Vec<(usize, f64)> = crate::threads::pool().install(|| sample.par_iter().map(|v| nearest(v, centers, metric)).collect());
+    let picks: Vec<(usize, f64)> = crate::threads::run(|| sample.par_iter().map(|v| nearest(v, centers, metric)).collect());
     let mut sum = 0.0;
     for (i, d) in &picks {
         counts[*i] += 1;
@@ -196,6 +196,10 @@ pub fn lopsided(counts: &[u64]) -> bool {
 /// build's centers would look like. Used as the drift baseline of an index whose build quantops
 /// did not see.
 pub fn kmeans(fit: &[Vec<f32>], k: usize, iters: usize, metric: Metric, seed: u64) -> Vec<Vec<f32>> {
+    crate::threads::run(|| kmeans_in_pool(fit, k, iters, metric, seed))
+}
+
+fn kmeans_in_pool(fit: &[Vec<f32>], k: usize, iters: usize, metric: Metric, seed: u64) -> Vec<Vec<f32>> {
     if fit.is_empty() || k == 0 {
         return Vec::new();
     }
@@ -207,7 +211,7 @@ pub fn kmeans(fit: &[Vec<f32>], k: usize, iters: usize, metric: Metric, seed: u6
         (rng >> 11) as f64 / (1u64 << 53) as f64
     };
     let mut centers: Vec<Vec<f32>> = vec![fit[(next() * fit.len() as f64) as usize % fit.len()].clone()];
-    let mut d2: Vec<f64> = crate::threads::pool().install(|| fit.par_iter().map(|v| l2sq(v, &centers[0])).collect());
+    let mut d2: Vec<f64> = fit.par_iter().map(|v| l2sq(v, &centers[0])).collect();
     while centers.len() < k {
         let total: f64 = d2.iter().sum();
         let pick = if total > 0.0 {
@@ -225,11 +229,11 @@ pub fn kmeans(fit: &[Vec<f32>], k: usize, iters: usize, metric: Metric, seed: u6
             (next() * fit.len() as f64) as usize % fit.len()
         };
         let c = fit[pick].clone();
-        crate::threads::pool().install(|| d2.par_iter_mut().zip(fit.par_iter()).for_each(|(d, v)| *d = d.min(l2sq(v, &c))));
+        d2.par_iter_mut().zip(fit.par_iter()).for_each(|(d, v)| *d = d.min(l2sq(v, &c)));
         centers.push(c);
     }
     for _ in 0..iters {
-        let picks: Vec<usize> = crate::threads::pool().install(|| fit.par_iter().map(|v| nearest(v, &centers, Metric::L2).0).collect());
+        let picks: Vec<usize> = fit.par_iter().map(|v| nearest(v, &centers, Metric::L2).0).collect();
         let mut sums = vec![vec![0f64; dims]; k];
         let mut counts = vec![0usize; k];
         for (v, &i) in fit.iter().zip(&picks) {
