@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# A local PostgreSQL 15 cluster shaped like Supabase's, in .cluster/ of this project.
-#   scripts/cluster.sh init|start|stop|restart|reset|status|psql [args]|url|prepare
-# Runs as the postgres user (never root), on 127.0.0.1:$QUANTOPS_PORT (default 55432; never 5432,
-# 54322 or 54320, which the Supabase CLI treats as its own), with
+# A local PostgreSQL 15 cluster, in .cluster/ of this project.
+#   scripts/cluster.sh init|start|stop|restart|reset|status|shape|psql [args]|url|prepare
+# Runs as the postgres OS user (never root), on 127.0.0.1:$QUANTOPS_PORT (default 55432; never
+# 5432, 54322 or 54320, which the Supabase CLI treats as its own), with
 # shared_preload_libraries = 'quantops,pg_cron'. Idempotent: init and start skip what is done.
+#
+# QUANTOPS_SHAPE=supabase (default): shaped like Supabase's image. initdb's bootstrap superuser
+#   is supabase_admin; `postgres` is NOT a superuser (CREATEDB CREATEROLE REPLICATION BYPASSRLS,
+#   owner of the database, member of anon/authenticated/service_role); vector, pg_cron and
+#   quantops are created as supabase_admin, the way supautils creates them when postgres asks
+#   (scripts/sql/supabase_shape.sql).
+# QUANTOPS_SHAPE=plain: plain PostgreSQL, bootstrap superuser postgres, no Supabase roles; nothing
+#   is created in it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -11,10 +19,20 @@ PG_MAJOR=${PG_MAJOR:-15}
 BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PORT=${QUANTOPS_PORT:-55432}
 DIR=${QUANTOPS_CLUSTER_DIR:-$ROOT/.cluster}
+# an existing cluster keeps the shape it was made with
+SHAPE=${QUANTOPS_SHAPE:-$(cat "$DIR/shape" 2>/dev/null || echo supabase)}
 DATA=$DIR/data
 RUN=$DIR/run
 LOG=$DIR/postgres.log
 as_pg() { runuser -u postgres -- "$@"; }
+case "$SHAPE" in
+  supabase) SUPER=supabase_admin ;;
+  plain) SUPER=postgres ;;
+  *) echo "cluster.sh: QUANTOPS_SHAPE is supabase or plain, not $SHAPE" >&2; exit 2 ;;
+esac
+if [ -f "$DIR/shape" ] && [ "$(cat "$DIR/shape")" != "$SHAPE" ] && [ "${1:-}" != reset ]; then
+  echo "cluster.sh: $DIR holds a $(cat "$DIR/shape") cluster, not $SHAPE; use reset" >&2; exit 2
+fi
 
 case "$PORT" in 5432|54322|54320) echo "cluster.sh: port $PORT is reserved (system or Supabase CLI); pick another" >&2; exit 2;; esac
 
@@ -32,7 +50,8 @@ init() {
   ensure_traversable
   mkdir -p "$DIR" "$RUN"
   chown postgres:postgres "$DIR" "$RUN"
-  as_pg "$BIN/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+  as_pg "$BIN/initdb" -D "$DATA" -U "$SUPER" --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+  echo "$SHAPE" > "$DIR/shape"
   cat >> "$DATA/postgresql.conf" <<CONF
 # quantops local cluster (scripts/cluster.sh)
 listen_addresses = '127.0.0.1'
@@ -62,10 +81,16 @@ start() {
   shape
 }
 
-# What Supabase's image has, created where absent. Idempotent.
+# What Supabase's image has, created where absent, then quantops the way the image creates an
+# extension (as supabase_admin) when its files are installed. Idempotent.
 shape() {
-  as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U postgres -d postgres \
+  [ "$SHAPE" = supabase ] || return 0
+  as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U supabase_admin -d postgres \
     -f "$ROOT/scripts/sql/supabase_shape.sql" >/dev/null
+  if [ -f "$("$BIN/pg_config" --sharedir)/extension/quantops.control" ]; then
+    as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U supabase_admin -d postgres \
+      -c "set client_min_messages = warning" -c "create extension if not exists quantops" >/dev/null
+  fi
 }
 
 stop() {
@@ -81,8 +106,10 @@ case "${1:-status}" in
   stop) stop "${2:-fast}" ;;
   restart) stop; start ;;
   reset) stop immediate || true; rm -rf "$DIR"; start ;;
-  status) if [ -f "$DATA/PG_VERSION" ] && running; then echo "running on 127.0.0.1:$PORT ($DATA)"; else echo "stopped"; exit 3; fi ;;
-  psql) shift; exec runuser -u postgres -- "$BIN/psql" -X -h "$RUN" -p "$PORT" -U postgres -d postgres "$@" ;;
-  url) echo "postgresql://postgres@127.0.0.1:$PORT/postgres?sslmode=disable" ;;
-  *) echo "usage: $0 init|start|stop|restart|reset|status|psql|url" >&2; exit 2 ;;
+  shape) shape ;;
+  status) if [ -f "$DATA/PG_VERSION" ] && running; then echo "running on 127.0.0.1:$PORT ($DATA, $SHAPE shape)"; else echo "stopped"; exit 3; fi ;;
+  # psql as the bootstrap superuser (supabase_admin, or postgres on a plain cluster); -U overrides
+  psql) shift; exec runuser -u postgres -- "$BIN/psql" -X -h "$RUN" -p "$PORT" -U "$SUPER" -d postgres "$@" ;;
+  url) echo "postgresql://$SUPER@127.0.0.1:$PORT/postgres?sslmode=disable" ;;
+  *) echo "usage: $0 init|start|stop|restart|reset|status|shape|psql|url" >&2; exit 2 ;;
 esac

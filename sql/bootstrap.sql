@@ -56,16 +56,16 @@ as $$
   select a is null or (
     pg_catalog.array_ndims(a) operator(pg_catalog.=) 1
     and pg_catalog.array_position(a, null) is null
-    and not ('NaN'::float8 operator(pg_catalog.=) any (a) or 'Infinity'::float8 operator(pg_catalog.=) any (a)
-             or '-Infinity'::float8 operator(pg_catalog.=) any (a))
+    and not ('NaN'::pg_catalog.float8 operator(pg_catalog.=) any (a) or 'Infinity'::pg_catalog.float8 operator(pg_catalog.=) any (a)
+             or '-Infinity'::pg_catalog.float8 operator(pg_catalog.=) any (a))
   ) or pg_catalog.cardinality(a) operator(pg_catalog.=) 0
 $$;
 
 create function quantops._finite(x double precision) returns boolean
 language sql immutable parallel safe
 as $$
-  select x is null or not (x operator(pg_catalog.=) 'NaN'::float8 or x operator(pg_catalog.=) 'Infinity'::float8
-                           or x operator(pg_catalog.=) '-Infinity'::float8)
+  select x is null or not (x operator(pg_catalog.=) 'NaN'::pg_catalog.float8 or x operator(pg_catalog.=) 'Infinity'::pg_catalog.float8
+                           or x operator(pg_catalog.=) '-Infinity'::pg_catalog.float8)
 $$;
 
 create table quantops.signal_embeddings (
@@ -129,7 +129,7 @@ create index signal_embeddings_archive_owner_idx on quantops.signal_embeddings_a
 
 create function quantops._touch_updated_at() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   new.updated_at := pg_catalog.now();
@@ -268,7 +268,7 @@ $$;
 
 create function quantops._audit_chain() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_seq  bigint;
@@ -298,7 +298,7 @@ create trigger audit_log_chain before insert on quantops.audit_log
 
 create function quantops._append_only() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   raise exception 'quantops.% is append-only', tg_table_name
@@ -355,111 +355,129 @@ create policy readable on quantops.audit_heads for select using (true);
 
 -- Grants for Supabase's roles that exist when it runs. finalize.sql calls it once; run it again
 -- (as the extension's owner) after creating the roles later on a plain PostgreSQL.
+--
+-- One declaration per function: the roles that may execute it. Four tiers:
+--   anon          reads that write nothing (flags)
+--   authenticated an agent's RPCs, under its RLS
+--   service_role  flows and maintenance (Prefect, pg_cron jobs scheduled with the service key)
+--   postgres      Supabase's administrator (Studio, migrations): NOT a superuser there. It gets
+--                 exactly the service_role tier plus configure() and set_artifact_check(), and
+--                 SELECT on every table; never an internal helper (a name starting with "_")
+--                 unless a caller-rights routine of its tier needs it, and never a write to a
+--                 table that a gate, a chain or the worker trusts.
+-- Functions not named here are executable by the extension's owner only (triggers, internal
+-- helpers, the gates' token).
 create function quantops.grant_roles() returns void
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
+  g record;
   r text;
+  -- pgvector's type, qualified (it lives in extensions on Supabase, public elsewhere)
+  v_vector text := (select pg_catalog.format('%I.vector', n.nspname) from pg_catalog.pg_extension e
+                      join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector');
 begin
   execute 'grant usage on schema quantops to public';
-  -- Supabase's postgres role is not a superuser there: it administers, like the owner
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'postgres') then
-    execute 'grant select, insert, update, delete on all tables in schema quantops to postgres';
-    execute 'grant execute on all routines in schema quantops to postgres';
-  end if;
+  for g in
+    select v.fn, v.tier from (values
+      -- anon and up: reads that write nothing
+      ('quantops.uid()', 'anon'),
+      ('quantops.flag_enabled(text, jsonb)', 'anon'),
+      ('quantops.evaluate_flag(text, jsonb)', 'anon'),
+      ('quantops.require_flag(text, jsonb)', 'anon'),
+      -- authenticated and up: agents
+      ('quantops._finite(double precision)', 'authenticated'),
+      ('quantops._finite_array(double precision[])', 'authenticated'),
+      ('quantops._text_list(jsonb, text)', 'authenticated'),
+      ('quantops.redact_secrets(jsonb)', 'authenticated'),
+      ('quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text)', 'authenticated'),
+      ('quantops.embedding_asof(bigint, timestamptz)', 'authenticated'),
+      ('quantops.match_signals(@vector@, integer, jsonb, timestamptz)', 'authenticated'),
+      ('quantops.alias_asof(text, text, timestamptz)', 'authenticated'),
+      ('quantops.discover(text, text)', 'authenticated'),
+      ('quantops.backtest_metrics(double precision[], integer, double precision)', 'authenticated'),
+      -- service_role and postgres: flows and maintenance
+      ('quantops._caller_role()', 'service_role'),
+      ('quantops._audit_payload(quantops.audit_log)', 'service_role'),
+      ('quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb)', 'service_role'),
+      ('quantops.verify_audit(text)', 'service_role'),
+      ('quantops.status()', 'service_role'),
+      ('quantops.run_job(text)', 'service_role'),
+      ('quantops.register_embedder(text, text, integer, jsonb, boolean)', 'service_role'),
+      ('quantops.set_embedder(text, integer)', 'service_role'),
+      ('quantops.refresh_embeddings(bigint, bigint, bigint)', 'service_role'),
+      ('quantops.sweep_embeddings()', 'service_role'),
+      ('quantops.retry_failed(text, text)', 'service_role'),
+      ('quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[])', 'service_role'),
+      ('quantops.set_retention(text, text, text, interval, integer, boolean)', 'service_role'),
+      ('quantops.drop_retention(text)', 'service_role'),
+      ('quantops.prune_plan(text)', 'service_role'),
+      ('quantops.prune_batch(text, integer)', 'service_role'),
+      ('quantops.restore_archived(bigint[], text, integer)', 'service_role'),
+      ('quantops.prune(boolean, integer, bigint, text, jsonb)', 'service_role'),
+      -- the prune procedure runs with its caller's rights (it commits); these are its steps
+      ('quantops._prune_start(text)', 'service_role'),
+      ('quantops._prune_record(bigint, bigint, jsonb)', 'service_role'),
+      ('quantops._prune_health()', 'service_role'),
+      ('quantops.index_health(regclass, boolean, integer, integer, double precision, integer)', 'service_role'),
+      ('quantops.maintain_index(regclass, boolean, boolean)', 'service_role'),
+      -- the regclass faces above are SQL functions with their caller's rights; these check the
+      -- caller themselves (SELECT on the table to measure it, ownership to rebuild it)
+      ('quantops._index_health(oid, boolean, integer, integer, double precision, integer)', 'service_role'),
+      ('quantops._maintain_index(oid, boolean, boolean)', 'service_role'),
+      ('quantops.create_model(text, text, text)', 'service_role'),
+      ('quantops.register_model_version(text, text, text, jsonb, text, text)', 'service_role'),
+      ('quantops.promote(text, integer, text, integer, text)', 'service_role'),
+      ('quantops.rollback(text, text)', 'service_role'),
+      ('quantops.set_promotion_policy(text, text, double precision, double precision, integer, interval, double precision, double precision, boolean)', 'service_role'),
+      ('quantops.artifacts_to_delete(interval)', 'service_role'),
+      ('quantops.consume_events(text, integer, integer)', 'service_role'),
+      ('quantops.ack_event(bigint, text)', 'service_role'),
+      ('quantops.record_backtest(text, text, timestamptz, timestamptz, double precision, double precision, double precision, double precision, double precision, double precision, double precision, integer, jsonb, text, integer, text)', 'service_role'),
+      ('quantops.set_flag(text, jsonb)', 'service_role'),
+      ('quantops.kill_flag(text, boolean)', 'service_role'),
+      ('quantops.drop_flag(text)', 'service_role'),
+      -- postgres only: settings of the whole installation
+      ('quantops.configure(integer, integer, text)', 'postgres'),
+      ('quantops.set_artifact_check(text)', 'postgres')
+    ) as v(fn, tier)
+  loop
+    foreach r in array case g.tier
+        when 'anon' then array['anon', 'authenticated', 'service_role', 'postgres']
+        when 'authenticated' then array['authenticated', 'service_role', 'postgres']
+        when 'service_role' then array['service_role', 'postgres']
+        else array['postgres'] end
+    loop
+      continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
+      execute pg_catalog.format('grant execute on %s %s to %I',
+        case when g.fn like 'quantops.prune(%' then 'procedure' else 'function' end,
+        pg_catalog.replace(g.fn, '@vector@', v_vector), r);
+    end loop;
+  end loop;
+  -- tables: privileges decide which roles reach a table, RLS policies which rows
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
-    execute 'grant select, insert, update, delete on quantops.signal_embeddings to authenticated';
-    execute 'grant select on quantops.signal_embeddings_archive to authenticated';
-    execute 'grant select, insert, update, delete on quantops.backtest_results to authenticated';
-    execute 'grant select on quantops.audit_log to authenticated';
-    execute 'grant select on quantops.settings to authenticated';
+    execute 'grant select, insert, update, delete on quantops.signal_embeddings, quantops.backtest_results to authenticated';
+    execute 'grant select on quantops.signal_embeddings_archive, quantops.audit_log, quantops.settings, '
+      'quantops.signal_embedding_history, quantops.models, quantops.model_versions, quantops.model_aliases, '
+      'quantops.alias_history, quantops.backtest_leaderboard to authenticated';
   end if;
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
-    execute 'grant select, insert, update, delete on quantops.signal_embeddings, quantops.signal_embeddings_archive, quantops.backtest_results to service_role';
-    execute 'grant select, update on quantops.jobs to service_role';
-    execute 'grant select on quantops.job_runs, quantops.workers, quantops.audit_log, quantops.audit_heads, quantops.settings to service_role';
-    execute 'grant select on quantops.embedders, quantops.embedding_queue, quantops.embedding_failures, '
-      'quantops.signal_embedding_history, quantops.embedding_status to service_role';
-  end if;
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
-    execute 'grant select on quantops.signal_embedding_history to authenticated';
-  end if;
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
-    execute 'grant select on quantops.retention_policies, quantops.prune_state, quantops.index_builds, '
-      'quantops.index_health_log, quantops.index_policy to service_role';
-    execute 'grant update on quantops.index_policy to service_role';
-    execute 'grant execute on function quantops.set_retention(text, text, text, interval, integer, boolean), '
-      'quantops.drop_retention(text), quantops.prune_plan(text), quantops.prune_batch(text, integer), '
-      'quantops._prune_start(text), quantops._prune_record(bigint, bigint, jsonb), quantops._prune_health(), '
-      'quantops.restore_archived(bigint[], text, integer), '
-      'quantops.index_health(regclass, boolean, integer, integer, double precision, integer), '
-      'quantops._index_health(oid, boolean, integer, integer, double precision, integer), '
-      'quantops.maintain_index(regclass, boolean, boolean), quantops._maintain_index(oid, boolean, boolean) to service_role';
-    execute 'grant execute on procedure quantops.prune(boolean, integer, bigint, text, jsonb) to service_role';
-  end if;
-  -- the registry: agents discover, flows (service_role) register, promote and record backtests
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
-    execute 'grant select on quantops.models, quantops.model_versions, quantops.model_aliases, quantops.alias_history, '
-      'quantops.promotion_policies, quantops.outbox, quantops.backtest_leaderboard to service_role';
+  foreach r in array array['service_role', 'postgres'] loop
+    continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
+    execute pg_catalog.format('grant select, insert, update, delete on quantops.signal_embeddings, '
+      'quantops.signal_embeddings_archive, quantops.backtest_results to %I', r);
+    -- a job may be paused or rescheduled (never renamed); the rebuild thresholds tuned
+    execute pg_catalog.format('grant select, update (enabled, run_every, next_run_at) on quantops.jobs to %I', r);
+    execute pg_catalog.format('grant select, update on quantops.index_policy to %I', r);
     -- direct writes of an alias are allowed, and still pass the gates (a constraint trigger)
-    execute 'grant insert, update on quantops.model_aliases to service_role';
-    -- the default of the *_by columns it writes
-    execute 'grant execute on function quantops._caller_role() to service_role';
-    execute 'grant execute on function quantops.create_model(text, text, text), '
-      'quantops.register_model_version(text, text, text, jsonb, text, text), '
-      'quantops.promote(text, integer, text, integer, text), quantops.rollback(text, text), '
-      'quantops.set_promotion_policy(text, text, double precision, double precision, integer, interval, double precision, double precision, boolean), '
-      'quantops.artifacts_to_delete(interval), quantops.consume_events(text, integer, integer), quantops.ack_event(bigint, text), '
-      'quantops.record_backtest(text, text, timestamptz, timestamptz, double precision, double precision, double precision, '
-      'double precision, double precision, double precision, double precision, integer, jsonb, text, integer, text) to service_role';
-  end if;
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
-    execute 'grant select on quantops.models, quantops.model_versions, quantops.model_aliases, quantops.alias_history, '
-      'quantops.backtest_leaderboard to authenticated';
-  end if;
-  -- flags: evaluated by everyone (also inside RLS policies), written by service_role
-  foreach r in array array['anon', 'authenticated', 'service_role'] loop
-    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
-    execute pg_catalog.format('grant execute on function quantops.flag_enabled(text, jsonb), quantops.evaluate_flag(text, jsonb), '
-      'quantops.require_flag(text, jsonb), quantops._flag_exposure(text, text, boolean, text, text, jsonb) to %I', r);
+    execute pg_catalog.format('grant select, insert, update on quantops.model_aliases to %I', r);
+    execute pg_catalog.format('grant select on quantops.job_runs, quantops.workers, quantops.audit_log, '
+      'quantops.audit_heads, quantops.settings, quantops.embedders, quantops.embedding_queue, '
+      'quantops.embedding_failures, quantops.signal_embedding_history, quantops.embedding_status, '
+      'quantops.retention_policies, quantops.prune_state, quantops.index_builds, quantops.index_health_log, '
+      'quantops.models, quantops.model_versions, quantops.alias_history, quantops.promotion_policies, '
+      'quantops.outbox, quantops.backtest_leaderboard, quantops.flags, quantops.flag_exposures to %I', r);
   end loop;
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
-    execute 'grant select on quantops.flags, quantops.flag_exposures to service_role';
-    execute 'grant execute on function quantops.set_flag(text, jsonb), quantops.kill_flag(text, boolean), '
-      'quantops.drop_flag(text) to service_role';
-  end if;
-  foreach r in array array['authenticated', 'service_role'] loop
-    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
-    execute pg_catalog.format('grant execute on function quantops.alias_asof(text, text, timestamptz), '
-      'quantops.discover(text, text), quantops.backtest_metrics(double precision[], integer, double precision) to %I', r);
-  end loop;
-  foreach r in array array['authenticated', 'service_role'] loop
-    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
-    execute pg_catalog.format('grant execute on function quantops.match_signals, '
-      'quantops._text_list(jsonb, text) to %I', r);
-  end loop;
-  -- functions: EXECUTE was revoked from PUBLIC in finalize.sql; each role gets what it needs.
-  -- anon may ask who it is (NULL), so RLS policies that call uid() fail on the table, not on uid()
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
-    execute 'grant execute on function quantops.uid() to anon';
-  end if;
-  foreach r in array array['authenticated', 'service_role'] loop
-    continue when not exists (select 1 from pg_catalog.pg_roles where rolname = r);
-    execute pg_catalog.format('grant execute on function quantops.uid(), quantops._finite(double precision), '
-      'quantops._finite_array(double precision[]), quantops.redact_secrets(jsonb), '
-      'quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text), '
-      'quantops.embedding_asof(bigint, timestamptz) to %I', r);
-  end loop;
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'service_role') then
-    execute 'grant execute on function quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb), '
-      'quantops.verify_audit(text), quantops._audit_payload(quantops.audit_log), quantops.status(), '
-      'quantops.run_job(text), '
-      'quantops.register_embedder(text, text, integer, jsonb, boolean), quantops.set_embedder(text, integer), '
-      'quantops.refresh_embeddings(bigint, bigint, bigint), quantops.sweep_embeddings(), '
-      'quantops.retry_failed(text, text), '
-      'quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[]) to service_role';
-  end if;
 end
 $$;
 

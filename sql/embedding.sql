@@ -19,7 +19,7 @@ comment on table quantops.embedders is
 
 create function quantops._embedders_immutable() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if (new.kind, new.dims, new.params, new.name, new.version) is distinct from
@@ -95,7 +95,7 @@ select pg_catalog.pg_extension_config_dump('quantops.signal_embedding_history', 
 create function quantops._embedding_enqueue() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   k text;
@@ -138,7 +138,7 @@ create function quantops.embedding_asof(signal_id bigint, at timestamptz)
 returns table (embedding vector, embedder text, embedder_version text, input_hash bytea,
                valid_from timestamptz, valid_to timestamptz)
 language sql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select s.embedding, s.embedder, s.embedder_version, s.input_hash, s.embedded_at, null::timestamptz
     from quantops.signal_embeddings s

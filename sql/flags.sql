@@ -35,7 +35,7 @@ select pg_catalog.pg_extension_config_dump('quantops.flag_exposures', '');
 -- Every write, whoever makes it, is validated (22023 with what is wrong) ...
 create function quantops._flags_validate() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform quantops._flag_check(new.key, new.definition);
@@ -53,7 +53,7 @@ alter table quantops.flags enable always trigger flags_validate;
 create function quantops._flags_changed() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   insert into quantops.audit_log (stream, action, args, outcome, detail)
@@ -72,7 +72,7 @@ alter table quantops.flags enable always trigger flags_changed;
 create function quantops._flags_truncated() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   insert into quantops.audit_log (stream, action, args, outcome) values ('quantops', 'flag_truncate', '{}', 'ok');
@@ -88,7 +88,7 @@ alter table quantops.flags enable always trigger flags_truncated;
 create function quantops.set_flag(key text, definition jsonb) returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   r quantops.flags;
@@ -111,7 +111,7 @@ $$;
 create function quantops.kill_flag(key text, killed boolean default true) returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   r quantops.flags;
@@ -131,7 +131,7 @@ $$;
 create function quantops.drop_flag(key text) returns boolean
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   delete from quantops.flags f where f.key = drop_flag.key;
@@ -153,14 +153,3 @@ parallel safe
 as 'MODULE_PATHNAME', 'quantops_flag_enabled';
 comment on function quantops.flag_enabled(text, jsonb) is
   'whether a feature flag is on for this context in quantops.environment; false for an unknown flag; usable in RLS policies';
-
-create function quantops._flag_exposure(key text, environment text, value boolean, variant text, reason text, context jsonb)
-returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  insert into quantops.flag_exposures (flag_key, environment, value, variant, reason, context)
-  values (_flag_exposure.key, _flag_exposure.environment, _flag_exposure.value, _flag_exposure.variant,
-          _flag_exposure.reason, _flag_exposure.context)
-$$;

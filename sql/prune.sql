@@ -57,7 +57,7 @@ create function quantops.set_retention(name text, kind text, strategy text defau
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   r quantops.retention_policies;
@@ -111,7 +111,7 @@ $$;
 create function quantops.drop_retention(name text) returns boolean
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if name is null then
@@ -130,7 +130,7 @@ $$;
 create function quantops._prune_pick(p quantops.retention_policies, st quantops.prune_state, batch_size integer)
 returns setof bigint
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p.kind = 'max_age' then
@@ -171,7 +171,7 @@ $$;
 create function quantops._prune_start(policy text default null) returns integer
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   n integer;
@@ -200,7 +200,7 @@ create function quantops.prune_batch(policy text default null, batch_size intege
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   p        quantops.retention_policies;
@@ -262,7 +262,7 @@ returns table (retention_policy text, kind text, strategy text, rows_to_move big
 language plpgsql
 stable
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   p quantops.retention_policies;
@@ -298,7 +298,7 @@ create function quantops.restore_archived(ids bigint[] default null, reason text
 returns bigint
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   n bigint;
@@ -333,10 +333,11 @@ end
 $$;
 
 -- The job_runs row of a prune started from SQL: null run = start one; a report = it succeeded.
+-- Only the backend that started a run may update it (a direct call cannot rewrite another's).
 create function quantops._prune_record(run bigint, moved bigint, report jsonb) returns bigint
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_id bigint := run;
@@ -344,10 +345,12 @@ begin
   if v_id is null then
     insert into quantops.job_runs (job, runner) values ('prune', 'sql:' || quantops._caller_role()) returning id into v_id;
   elsif report is null then
-    update quantops.job_runs set rows = moved where id = v_id and job = 'prune' and status = 'running';
+    update quantops.job_runs set rows = moved
+     where id = v_id and job = 'prune' and status = 'running' and pid = pg_catalog.pg_backend_pid();
   else
     update quantops.job_runs set status = 'succeeded', finished_at = pg_catalog.clock_timestamp(), rows = moved,
-           details = report where id = v_id and job = 'prune' and status = 'running';
+           details = report
+     where id = v_id and job = 'prune' and status = 'running' and pid = pg_catalog.pg_backend_pid();
   end if;
   return v_id;
 end
@@ -358,7 +361,7 @@ $$;
 create function quantops._prune_health() returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   return quantops._index_state();
@@ -498,8 +501,9 @@ returns table (id bigint, strategy text, symbol text, signal_as_of timestamptz, 
                distance double precision, features jsonb, rationale text, tags text[])
 language plpgsql
 volatile
--- quantops and pgvector's schema, as CREATE EXTENSION sets them: pgvector's operators resolve
--- statically wherever pgvector lives (Supabase: extensions)
+-- pgvector's operators resolve wherever pgvector lives (Supabase: extensions): finalize.sql pins
+-- the path to pg_catalog, <pgvector's schema>, pg_temp; every other operator in it has exact
+-- pg_catalog argument types, so pg_catalog's wins
 set search_path from current
 as $$
 #variable_conflict use_column
@@ -553,7 +557,7 @@ begin
            and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
          order by s.embedding <-> query_embedding
          limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, 1 / (1 + d.dist), d.dist, d.features, d.rationale, d.tags
+      select d.id, d.strategy, d.symbol, d.as_of, 1::pg_catalog.float8 / (1::pg_catalog.float8 + d.dist), d.dist, d.features, d.rationale, d.tags
         from d order by d.dist, d.id;
   elsif v_metric = 'ip' then
     return query
@@ -577,7 +581,7 @@ begin
            and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
          order by s.embedding <=> query_embedding
          limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, 1 - d.dist, d.dist, d.features, d.rationale, d.tags
+      select d.id, d.strategy, d.symbol, d.as_of, 1::pg_catalog.float8 - d.dist, d.dist, d.features, d.rationale, d.tags
         from d order by d.dist, d.id;
   end if;
 end
@@ -589,7 +593,7 @@ comment on function quantops.match_signals(vector, integer, jsonb, timestamptz) 
 create function quantops._text_list(v jsonb, what text) returns text[]
 language plpgsql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if v is null or pg_catalog.jsonb_typeof(v) = 'null' then

@@ -128,7 +128,7 @@ select pg_catalog.pg_extension_config_dump('quantops.outbox', '');
 create function quantops._model(name text) returns quantops.models
 language plpgsql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   m quantops.models;
@@ -149,7 +149,7 @@ $$;
 create function quantops._gate_violations(p_model_id bigint, p_version integer, p_alias text) returns text[]
 language plpgsql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   m   quantops.models;
@@ -220,7 +220,7 @@ $$;
 create function quantops._artifact_exists(bucket text, prefix text) returns boolean
 language plpgsql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   return exists (select 1 from storage.objects o
@@ -231,7 +231,7 @@ $$;
 create function quantops._alias_gates() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   bad text[];
@@ -261,7 +261,7 @@ alter table quantops.model_aliases enable always trigger model_aliases_gates;
 create function quantops._alias_moved() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   m       quantops.models;
@@ -302,7 +302,7 @@ alter table quantops.model_aliases enable always trigger model_aliases_moved;
 -- History is written by the trigger only: closed ranges never change.
 create function quantops._alias_history_guard() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if tg_op = 'DELETE' or new.alias_id <> old.alias_id or new.version <> old.version
@@ -324,7 +324,7 @@ create function quantops.create_model(name text, kind text default 'model', desc
 returns bigint
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_id bigint;
@@ -361,7 +361,7 @@ create function quantops.register_model_version(model text, artifact_prefix text
 returns integer
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   m  quantops.models;
@@ -409,7 +409,7 @@ create function quantops.promote(model text, version integer, alias text, expect
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   m    quantops.models;
@@ -463,7 +463,7 @@ create function quantops.rollback(model text, alias text)
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   m     quantops.models;
@@ -490,7 +490,7 @@ create function quantops.alias_asof(model text, alias text, at timestamptz defau
 returns integer
 language sql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select h.version from quantops.alias_history h join quantops.models m on m.id = h.model_id
    where m.name = alias_asof.model and h.alias = alias_asof.alias and h.valid @> alias_asof.at
@@ -504,7 +504,7 @@ create function quantops.set_promotion_policy(model text, alias text, min_sharpe
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   mid bigint;
@@ -548,7 +548,7 @@ $$;
 create function quantops.set_artifact_check(mode text) returns text
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if mode is null or mode not in ('storage', 'off') then
@@ -567,7 +567,7 @@ returns table (model text, version integer, artifact_bucket text, artifact_prefi
 language plpgsql
 stable
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if keep is null or keep < interval '0' then
@@ -590,7 +590,7 @@ create function quantops.consume_events(consumer text, max_events integer defaul
 returns setof quantops.outbox
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if consumer is null or pg_catalog.length(consumer) not between 1 and 200 then
@@ -612,7 +612,7 @@ $$;
 create function quantops.ack_event(id bigint, consumer text) returns boolean
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   update quantops.outbox o set acked_at = pg_catalog.clock_timestamp(), acked_by = consumer
@@ -642,7 +642,7 @@ create function quantops.record_backtest(run_id text, strategy text, period_star
 returns jsonb
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   old  quantops.backtest_results;
@@ -739,7 +739,7 @@ returns table (kind text, model text, alias text, version integer, artifact_buck
                manifest_sha256 text, metrics jsonb, description text, promoted_at timestamptz)
 language sql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select m.kind, m.name, a.alias, a.version, v.artifact_bucket, v.artifact_prefix,
          pg_catalog.encode(v.manifest_sha256, 'hex'), v.metrics, m.description, a.updated_at

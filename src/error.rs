@@ -59,3 +59,10 @@ mod tests {
         assert_eq!(sqlstate_text(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED), "22004");
     }
 }
+
+/// Raises an ERROR with a real SQLSTATE where a function cannot return a `Result` (a helper deep
+/// in a batch, a trigger's callee). The message follows PostgreSQL's style.
+pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
+    ErrorReport::new(code, message.into(), "quantops").report(pgrx::PgLogLevel::ERROR);
+    unreachable!("an ERROR does not return")
+}

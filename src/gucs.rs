@@ -8,6 +8,7 @@ static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 static NAPTIME_S: GucSetting<i32> = GucSetting::<i32>::new(10);
 static EMBEDDING_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static EMBEDDING_ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ENVIRONMENT: GucSetting<FlagEnvironment> = GucSetting::<FlagEnvironment>::new(FlagEnvironment::Production);
 static FLAG_EXPOSURE_SAMPLE: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 
@@ -57,6 +58,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_string_guc(
+        c"quantops.embedding_allowed_hosts",
+        c"Hosts the http embedder may call: host or host:port, separated by commas (empty = none).",
+        c"Set in postgresql.conf or with ALTER SYSTEM (superuser). The worker is a superuser process that holds the provider's API key, so whoever registers an embedder never chooses where it connects.",
+        &EMBEDDING_ALLOWED_HOSTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_enum_guc(
         c"quantops.environment",
         c"The environment feature flags are evaluated in: local, staging or production.",
@@ -97,6 +106,11 @@ pub fn naptime() -> std::time::Duration {
 /// The path of the provider's API key file, if set. Only the worker reads it.
 pub fn embedding_api_key_file() -> Option<String> {
     EMBEDDING_API_KEY_FILE.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty())
+}
+
+/// The allowlist of hosts the http embedder may call (empty: none).
+pub fn embedding_allowed_hosts() -> String {
+    EMBEDDING_ALLOWED_HOSTS.get().and_then(|c| c.into_string().ok()).unwrap_or_default()
 }
 
 pub fn environment() -> FlagEnvironment {

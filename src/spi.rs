@@ -27,14 +27,17 @@ pub fn quote_literal(v: &str) -> String {
     }
 }
 
-/// The schema (already quoted) where pgvector's `vector` type lives, e.g. `"extensions"`.
+/// The schema (already quoted) where pgvector's `vector` type lives, e.g. `"extensions"`; `None`
+/// only if pgvector is not installed (it cannot be dropped while quantops, which requires it,
+/// exists).
 pub fn vector_schema() -> Option<String> {
-    Spi::get_one::<String>(
-        "select n.nspname::text from pg_catalog.pg_extension e \
-         join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'",
+    read_one::<String>(
+        "select n.nspname::pg_catalog.text from pg_catalog.pg_extension e \
+         join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) e.extnamespace \
+         where e.extname operator(pg_catalog.=) 'vector'::pg_catalog.name",
+        &[],
     )
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| failed("looking up pgvector's schema", e).report_error())
     .map(|s| quote_ident(&s))
 }
 
@@ -58,10 +61,214 @@ mod tests {
     }
 }
 
-/// Runs a statement; a failure of SPI itself (not a Postgres ERROR, which propagates on its own)
-/// is raised as an internal error naming the statement's purpose.
+/// Runs one of quantops' own fixed statements. A PostgreSQL ERROR inside it propagates with its
+/// own SQLSTATE (pgrx turns it into a panic that unwinds to the function boundary). SPI returns an
+/// error value only when it is misused (not connected, a wrong argument count, a statement type
+/// SPI refuses), which for a fixed statement is a bug in quantops: reported as XX000 with a hint
+/// to report it, naming the statement's purpose (see [`failed`]).
 pub fn run(what: &str, sql: &str, args: &[pgrx::datum::DatumWithOid]) {
     if let Err(e) = Spi::run_with_args(sql, args) {
-        pgrx::error!("quantops: {what} failed: {e}");
+        failed(what, e).report_error();
     }
+}
+
+/// Raising an [`ErrorReport`] where no `Result` can carry it.
+pub trait ReportError {
+    fn report_error(self) -> !;
+}
+
+impl ReportError for pgrx::pg_sys::panic::ErrorReport {
+    fn report_error(self) -> ! {
+        self.report(pgrx::PgLogLevel::ERROR);
+        unreachable!("an ERROR does not return")
+    }
+}
+
+/// The search_path every SQL statement of quantops runs under when it runs as another role (the
+/// worker, an owner switch): pg_catalog first, the session's temporary schema last. With an empty
+/// search_path PostgreSQL would search `pg_temp` *first* for tables and types, so a caller's
+/// temporary domain named `text` could run its CHECK expression as the owner.
+pub const PINNED_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// Restores what `pinned`/`as_owner` changed, on the normal path and while a Rust panic (or a
+/// PostgreSQL ERROR turned into one) unwinds. On an error that aborts the (sub)transaction,
+/// PostgreSQL itself also restores both: the user id and the GUC nest level.
+struct Restore {
+    nest: i32,
+    user: Option<(pg_sys::Oid, i32)>,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        // SAFETY: the nest level and the saved user id/context were taken by this very guard in
+        // this backend, on its main thread; restoring them is what PostgreSQL's own code does
+        // after a user switch (index_build, RI checks).
+        unsafe {
+            pg_sys::AtEOXact_GUC(false, self.nest);
+            if let Some((user, ctx)) = self.user {
+                pg_sys::SetUserIdAndSecContext(user, ctx);
+            }
+        }
+    }
+}
+
+fn pin_search_path() -> i32 {
+    // SAFETY: called on the backend's main thread inside a transaction; set_config_option with
+    // GUC_ACTION_SAVE at a new nest level is how PostgreSQL applies a function's SET clause.
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        nest
+    }
+}
+
+/// Runs `f` with search_path pinned to [`PINNED_SEARCH_PATH`], as a function's `SET search_path`
+/// clause would; the caller's value is back afterwards.
+pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
+    let _restore = Restore { nest: pin_search_path(), user: None };
+    f()
+}
+
+/// Runs `f` as the role `owner` (the extension's owner), the way a SECURITY DEFINER function runs,
+/// and more strictly: search_path pinned, inside a security-restricted operation (no SET ROLE, no
+/// temporary objects, no cursors that outlive it). Nothing of the caller's environment reaches
+/// the SQL `f` runs.
+pub fn as_role<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let (mut user, mut ctx) = (pg_sys::InvalidOid, 0i32);
+    // SAFETY: main thread, inside a transaction; the guard restores both values.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut ctx);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+        );
+    }
+    let _restore = Restore { nest: pin_search_path(), user: Some((user, ctx)) };
+    f()
+}
+
+thread_local! {
+    static OWNER: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The role that owns the quantops extension (on Supabase: supabase_admin), read once per backend
+/// under a pinned search_path.
+pub fn extension_owner() -> Result<pg_sys::Oid, pgrx::spi::SpiError> {
+    if let Some(o) = OWNER.with(|o| o.get()) {
+        return Ok(o);
+    }
+    let o = pinned(|| {
+        read_one::<pg_sys::Oid>(
+            "select e.extowner from pg_catalog.pg_extension e where e.extname operator(pg_catalog.=) 'quantops'::pg_catalog.name",
+            &[],
+        )
+    })?;
+    // CREATE EXTENSION inserts its pg_extension row before it runs the script, so the row is
+    // there whenever a quantops function runs; without it, nothing runs as anybody else
+    let Some(o) = o else {
+        return Err(pgrx::spi::SpiError::InvalidPosition);
+    };
+    OWNER.with(|c| c.set(Some(o)));
+    Ok(o)
+}
+
+/// Runs `f` as the extension's owner (see [`as_role`]).
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> Result<R, pgrx::spi::SpiError> {
+    let owner = extension_owner()?;
+    Ok(as_role(owner, f))
+}
+
+/// The role a call came from, even inside a SECURITY DEFINER function: the role set with SET ROLE
+/// (PostgREST's `set_config('role', ...)`), else the session user. What a privilege check of the
+/// caller must use.
+pub fn outer_user() -> pg_sys::Oid {
+    // SAFETY: reads a backend global.
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Whether the role running this call is Supabase's `anon` (the role of a request without a
+/// user). Functions `anon` may execute write nothing; where one would (a sampled flag
+/// exposure), it skips the write for `anon`.
+pub fn caller_is_anon() -> bool {
+    // SAFETY: GetUserId reads a backend global; GetUserNameFromId with noerr returns NULL for a
+    // dropped role instead of raising.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
+        !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"anon"
+    }
+}
+
+/// An SPI call that failed in SPI itself (not a PostgreSQL ERROR, which propagates with its own
+/// SQLSTATE): a bug in quantops, reported as PostgreSQL reports its own "cannot happen" errors
+/// (XX000), naming what quantops was doing.
+pub fn failed(what: &str, e: pgrx::spi::SpiError) -> pgrx::pg_sys::panic::ErrorReport {
+    pgrx::pg_sys::panic::ErrorReport::new(
+        pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("quantops: {what} failed: {e}"),
+        "quantops",
+    )
+    .set_hint("this is a bug in quantops; please report it with the statement that raised it")
+}
+
+/// The first column of the first row of a read (`None`: no row, or SQL NULL). Read-only SPI
+/// (`Spi::connect` + `select`): it never assigns a transaction id, so it works on a hot standby
+/// and inside a parallel query, where pgrx's `Spi::get_one` (which always marks the transaction
+/// as writing) raises. A PostgreSQL ERROR propagates with its own SQLSTATE.
+pub fn read_one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>, pgrx::spi::SpiError> {
+    Spi::connect(|c| {
+        let t = c.select(sql, Some(1), args)?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_one::<T>()
+    })
+}
+
+/// Two columns of the first row of a read (each `None` for no row or SQL NULL); see [`read_one`].
+pub fn read_two<A, B>(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<(Option<A>, Option<B>), pgrx::spi::SpiError>
+where
+    A: pgrx::datum::FromDatum + pgrx::datum::IntoDatum,
+    B: pgrx::datum::FromDatum + pgrx::datum::IntoDatum,
+{
+    Spi::connect(|c| {
+        let t = c.select(sql, Some(1), args)?;
+        if t.is_empty() {
+            return Ok((None, None));
+        }
+        t.first().get_two::<A, B>()
+    })
+}
+
+/// The first column of the first row a writing statement returns (INSERT/UPDATE ... RETURNING,
+/// SELECT ... FOR UPDATE); `None` for no row or SQL NULL.
+pub fn write_one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>, pgrx::spi::SpiError> {
+    Spi::connect_mut(|c| {
+        let t = c.update(sql, None, args)?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_one::<T>()
+    })
+}
+
+/// Whether this transaction cannot write: READ ONLY (PostgREST sends GET and stable functions
+/// so), or a hot standby.
+pub fn read_only() -> bool {
+    // SAFETY: reads backend globals
+    unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() }
 }

@@ -14,41 +14,54 @@ pub fn block_signals() {
     }
 }
 
-fn build(threads: usize, name: &'static str) -> rayon::ThreadPool {
+fn build(threads: usize, name: &'static str) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .thread_name(move |i| format!("{name}-{i}"))
         .start_handler(|_| block_signals())
         .build()
-        .expect("starting a thread pool")
 }
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// A pool built once per process on first use; a failed build (a process or thread limit) is an
+/// error now and tried again next time.
+fn get_or_build(cell: &'static OnceLock<rayon::ThreadPool>, threads: usize, name: &'static str) -> Result<&'static rayon::ThreadPool, String> {
+    if let Some(p) = cell.get() {
+        return Ok(p);
+    }
+    let p = build(threads, name).map_err(|e| format!("could not start quantops' threads: {e}"))?;
+    Ok(cell.get_or_init(|| p))
+}
+
 /// A pool with a thread per core, for work the backend waits for (k-means, recall, embedding
 /// when nothing else runs). Built on first use, in the process that uses it (never the
 /// postmaster: threads do not survive fork).
-pub fn pool() -> &'static rayon::ThreadPool {
+pub fn pool() -> Result<&'static rayon::ThreadPool, String> {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| build(cores(), "quantops"))
+    get_or_build(&POOL, cores(), "quantops")
 }
 
 /// Runs `f` (which uses rayon) in the pool it is called from, else in quantops' own `pool()`.
+/// Called on a backend's main thread or inside one of quantops' pools; when the pool cannot be
+/// started there, the backend raises 53000 insufficient_resources.
 pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        pool().install(f)
+        return f();
+    }
+    match pool() {
+        Ok(p) => p.install(f),
+        Err(e) => crate::error::raise(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, e),
     }
 }
 
 /// A pool with one thread fewer than the cores (at least one), for work that runs while the
 /// backend writes: the backend keeps a core to itself.
-pub fn pipeline_pool() -> &'static rayon::ThreadPool {
+pub fn pipeline_pool() -> Result<&'static rayon::ThreadPool, String> {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    POOL.get_or_init(|| build(cores() - 1, "quantops-embed"))
+    get_or_build(&POOL, cores() - 1, "quantops-embed")
 }
 
 #[cfg(test)]
@@ -63,7 +76,7 @@ mod tests {
 
     #[test]
     fn pool_threads_never_take_the_backends_signals() {
-        for pool in [super::pool(), super::pipeline_pool()] {
+        for pool in [super::pool().unwrap(), super::pipeline_pool().unwrap()] {
             let all = pool.install(|| {
                 use rayon::prelude::*;
                 (0..64).into_par_iter().map(|_| blocked(libc::SIGTERM) && blocked(libc::SIGUSR1) && blocked(libc::SIGINT)).all(|b| b)
@@ -71,6 +84,6 @@ mod tests {
             assert!(all);
         }
         assert!(!blocked(libc::SIGUSR2), "the calling thread keeps its mask");
-        assert!(super::pipeline_pool().current_num_threads() >= 1);
+        assert!(super::pipeline_pool().unwrap().current_num_threads() >= 1);
     }
 }

@@ -41,7 +41,8 @@ pub fn redact(v: &Value) -> Value {
 
 fn looks_like_credential(s: &str) -> bool {
     let t = s.trim();
-    if t.len() >= 7 && t[..7].eq_ignore_ascii_case("bearer ") {
+    // bytes, not a str slice: byte 7 may fall inside a multi-byte character
+    if t.as_bytes().get(..7).is_some_and(|b| b.eq_ignore_ascii_case(b"bearer ")) {
         return true;
     }
     // a JWT: three base64url segments, the first of which decodes to a JSON header ("eyJ")
@@ -156,6 +157,16 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_ne!(chain_hash(&GENESIS, "abc"), chain_hash(b"", "abc"));
+    }
+
+    #[test]
+    fn redaction_reads_any_text() {
+        // byte 7 inside a multi-byte character once panicked (XX000) and echoed the text
+        for text in ["Résumé de la stratégie", "日本語テキスト", "abcdefé", "Bearer", "bearer x", "Bearér x"] {
+            let out = redact(&json!({ "q": text }));
+            assert_eq!(out["q"], json!(text), "{text} is not a credential");
+        }
+        assert_eq!(redact(&json!({ "q": "BEARER abc.def" }))["q"], json!(REDACTED));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::core::{self as chain, ChainRow};
 use crate::error::SqlError;
 use crate::sql_error;
 use pgrx::pg_sys::panic::ErrorReport;
+use crate::spi::ReportError;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode, Uuid};
 use serde_json::{json, Value};
@@ -66,7 +67,8 @@ pub fn append(
 ) {
     let args = JsonB(chain::redact(args));
     let detail = detail.map(|d| JsonB(chain::redact(d)));
-    Spi::run_with_args(
+    crate::spi::run(
+        "appending to the audit log",
         "insert into quantops.audit_log (stream, action, args, outcome, detail, duration_us, call_id) \
          values ($1, $2, $3, $4, $5, $6, $7)",
         &[
@@ -78,8 +80,7 @@ pub fn append(
             duration_us.into(),
             call_id.into(),
         ],
-    )
-    .expect("audit append failed");
+    );
 }
 
 /// Records a state-changing quantops function call that succeeded (`outcome = ok`).
@@ -166,21 +167,21 @@ fn pair(
                 None => return Err(AuditError::Null { what: "outcome" }),
             };
             // the start must exist and be the caller's own; a call is finished once
-            let started: Option<i64> = Spi::get_one_with_args(
+            let started: Option<i64> = crate::spi::read_one(
                 "select (extract(epoch from pg_catalog.clock_timestamp() - at) * 1000000)::bigint \
                  from quantops.audit_log where stream = $1 and call_id = $2 and outcome = 'started' \
                  and actor is not distinct from quantops.uid() and actor_role = quantops._caller_role()",
                 &[stream.into(), id.into()],
             )
-            .unwrap_or(None);
+            .unwrap_or_else(|e| crate::spi::failed("reading the start of the call", e).report_error());
             let Some(us) = started else {
                 return Err(AuditError::UnknownCall { kind, id: id.to_string() });
             };
-            let done: Option<bool> = Spi::get_one_with_args(
+            let done: Option<bool> = crate::spi::read_one(
                 "select true from quantops.audit_log where stream = $1 and call_id = $2 and outcome <> 'started'",
                 &[stream.into(), id.into()],
             )
-            .unwrap_or(None);
+            .unwrap_or_else(|e| crate::spi::failed("reading the end of the call", e).report_error());
             if done.is_some() {
                 return Err(AuditError::AlreadyFinished { kind, id: id.to_string() });
             }
@@ -197,8 +198,12 @@ fn pair(
 }
 
 fn new_uuid() -> Uuid {
-    let s: Option<Uuid> = Spi::get_one("select pg_catalog.gen_random_uuid()").unwrap_or(None);
-    s.expect("gen_random_uuid returned null")
+    // gen_random_uuid() returns one row, never NULL
+    match crate::spi::read_one::<Uuid>("select pg_catalog.gen_random_uuid()", &[]) {
+        Ok(Some(u)) => u,
+        Ok(None) => crate::error::raise(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "quantops: gen_random_uuid() returned no value"),
+        Err(e) => crate::spi::failed("generating a call id", e).report_error(),
+    }
 }
 
 /// Logs an agent's tool call as a start/finish pair: the start returns the call id, the finish
@@ -274,32 +279,31 @@ fn verify_audit(
     Ok(TableIterator::new(out))
 }
 
+/// Every row of a stream and its head. A failed read is an error, never a verdict: a row read
+/// wrongly would look tampered with.
 pub fn load_chain(stream: &str) -> (Vec<ChainRow>, Option<i64>) {
-    Spi::connect(|c| {
-        let rows = c
-            .select(
-                "select seq, quantops._audit_payload(a), prev_hash, hash from quantops.audit_log a \
-                 where stream = $1 order by seq",
-                None,
-                &[stream.into()],
-            )
-            .expect("reading the audit log failed")
-            .map(|t| ChainRow {
-                seq: t.get::<i64>(1).ok().flatten().unwrap_or(0),
-                payload: t.get::<String>(2).ok().flatten().unwrap_or_default(),
-                prev_hash: t.get::<Vec<u8>>(3).ok().flatten().unwrap_or_default(),
-                hash: t.get::<Vec<u8>>(4).ok().flatten().unwrap_or_default(),
-            })
-            .collect::<Vec<_>>();
-        let head = c
-            .select("select seq from quantops.audit_heads where stream = $1", None, &[stream.into()])
-            .expect("reading the audit head failed")
-            .first()
-            .get_one::<i64>()
-            .ok()
-            .flatten();
-        (rows, head)
-    })
+    let r = Spi::connect(|c| -> Result<_, pgrx::spi::SpiError> {
+        let mut rows = Vec::new();
+        let tab = c.select(
+            "select seq, quantops._audit_payload(a), prev_hash, hash from quantops.audit_log a \
+             where stream = $1 order by seq",
+            None,
+            &[stream.into()],
+        )?;
+        for t in tab {
+            // every column is NOT NULL
+            rows.push(ChainRow {
+                seq: t.get::<i64>(1)?.unwrap_or(0),
+                payload: t.get::<String>(2)?.unwrap_or_default(),
+                prev_hash: t.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                hash: t.get::<Vec<u8>>(4)?.unwrap_or_default(),
+            });
+        }
+        let head = c.select("select seq from quantops.audit_heads where stream = $1", None, &[stream.into()])?;
+        let head = if head.is_empty() { None } else { head.first().get_one::<i64>()? };
+        Ok((rows, head))
+    });
+    r.unwrap_or_else(|e| crate::spi::failed("reading the audit log", e).report_error())
 }
 
 #[cfg(any(test, feature = "pg_test"))]

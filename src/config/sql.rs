@@ -29,6 +29,8 @@ pub enum ConfigError {
     Populated { count: i64, dims: i32, want: i32 },
     #[error("extension \"vector\" is not installed")]
     NoVector,
+    #[error("{0}")]
+    Spi(#[from] pgrx::spi::SpiError),
 }
 
 impl SqlError for ConfigError {
@@ -39,6 +41,8 @@ impl SqlError for ConfigError {
             ConfigError::Dims(_) | ConfigError::Lists(_) | ConfigError::Metric(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             ConfigError::Populated { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             ConfigError::NoVector => ERRCODE_UNDEFINED_OBJECT,
+            // SPI itself failed (a PostgreSQL ERROR keeps its own SQLSTATE): a bug in quantops
+            ConfigError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
     fn detail(&self) -> Option<String> {
@@ -85,7 +89,7 @@ fn configure(
     let vschema = vector_schema().ok_or(ConfigError::NoVector)?;
 
     // Vectors already stored must have the new dimension: never truncate or pad silently.
-    let (other, other_dims): (Option<i64>, Option<i32>) = Spi::get_two_with_args(
+    let (other, other_dims): (Option<i64>, Option<i32>) = crate::spi::read_two(
         "select count(*), min(d) from (\
            select pg_catalog.array_length(embedding::real[], 1) d from quantops.signal_embeddings where embedding is not null \
            union all \
@@ -93,28 +97,21 @@ fn configure(
          where d <> $1",
         &[dims.into()],
     )
-    .unwrap_or((None, None));
+    .map_err(ConfigError::from)?;
     if let (Some(n), Some(d)) = (other, other_dims) {
         if n > 0 {
             return Err(ConfigError::Populated { count: n, dims: d, want: dims }.into());
         }
     }
 
-    let rows: i64 = Spi::get_one("select count(*) from quantops.signal_embeddings")
-        .ok()
-        .flatten()
-        .unwrap_or(0);
+    let rows: i64 = crate::spi::read_one("select count(*) from quantops.signal_embeddings", &[]).map_err(ConfigError::from)?.unwrap_or(0);
     let lists = lists.unwrap_or_else(|| rules::recommended_lists(rows));
     let vtype = format!("{vschema}.vector({dims})");
     let idx = quote_ident(INDEX_NAME);
     // dims, lists are validated integers; the schema and index names are quoted identifiers
-    let exists: bool = Spi::get_one_with_args::<bool>(
-        "select pg_catalog.to_regclass($1) is not null",
-        &[format!("quantops.{idx}").into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
+    let exists: bool = crate::spi::read_one::<bool>("select pg_catalog.to_regclass($1) is not null", &[format!("quantops.{idx}").into()])
+        .map_err(ConfigError::from)?
+        .unwrap_or(false);
     if exists {
         run("dropping the index", &format!("drop index quantops.{idx}"), &[]);
     }

@@ -571,10 +571,15 @@ pub fn parse_retry_after(h: Option<&str>) -> Option<u64> {
     (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).min(3_600_000.0) as u64)
 }
 
-/// Classifies an HTTP status: 429, 408 and 5xx are retryable, other 4xx permanent.
+/// Classifies an HTTP status: 429, 408 and 5xx are retryable, other 4xx permanent. The answer's
+/// body is never kept (it is stored where service_role reads it, and a provider may echo input or
+/// say more than it should): only its length and the first 8 bytes of its sha256, enough to tell
+/// two answers apart in the dead letters.
 pub fn classify_status(status: u16, body: &str, retry_after: Option<&str>) -> RowError {
-    let snippet: String = body.chars().take(300).collect();
-    let msg = format!("provider answered {status}: {}", snippet.trim());
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let msg = format!("provider answered {status} (body: {} bytes, sha256 {hex})", body.len());
     if status == 429 || status == 408 || (500..600).contains(&status) {
         RowError::Retryable { msg, retry_after_ms: parse_retry_after(retry_after) }
     } else {
@@ -770,12 +775,15 @@ mod tests {
     #[test]
     fn failures_are_classified() {
         assert_eq!(classify_status(429, "slow down", Some("2")), RowError::Retryable {
-            msg: "provider answered 429: slow down".into(),
+            msg: "provider answered 429 (body: 9 bytes, sha256 e4120a6471a6d365)".into(),
             retry_after_ms: Some(2000)
         });
         assert_eq!(classify_status(503, "", None).class(), "retryable");
         assert_eq!(classify_status(400, "bad input", None).class(), "permanent");
         assert_eq!(classify_status(401, "", None).class(), "permanent");
+        // the body never reaches a table: its length and a digest do
+        let leak = classify_status(400, "{\"error\": \"bad key sk-live-123\", \"echo\": \"internal text\"}", None);
+        assert!(!leak.message().contains("sk-live") && !leak.message().contains("internal text"), "{}", leak.message());
         assert!(check_provider_vectors(&[vec![1.0, 2.0]], 1, 3).unwrap_err().message().contains("2 dimensions, expected 3"));
         assert!(check_provider_vectors(&[vec![f32::NAN, 2.0]], 1, 2).unwrap_err().message().contains("NaN"));
         assert!(check_provider_vectors(&[], 1, 2).is_err());

@@ -23,7 +23,9 @@ impl std::fmt::Debug for Provider {
 
 /// One request for a batch of inputs: the vectors in input order, or why not.
 pub fn embed(p: &Provider, inputs: &[String]) -> Result<Vec<Vec<f32>>, RowError> {
-    let agent = ureq::AgentBuilder::new().timeout(p.timeout).build();
+    // no redirects: the allowlist names the hosts the worker may reach, and a 3xx must not lead
+    // it (and its Authorization header) anywhere else
+    let agent = ureq::AgentBuilder::new().timeout(p.timeout).redirects(0).build();
     let mut body = json!({ "model": p.model, "input": inputs, "encoding_format": "float" });
     if p.send_dimensions {
         body["dimensions"] = json!(p.dims);
@@ -43,6 +45,9 @@ pub fn embed(p: &Provider, inputs: &[String]) -> Result<Vec<Vec<f32>>, RowError>
             return Err(RowError::Retryable { msg: format!("provider unreachable: {}", t.kind()), retry_after_ms: None });
         }
     };
+    if resp.status() >= 300 {
+        return Err(RowError::Permanent(format!("provider answered {} (a redirect: quantops follows none)", resp.status())));
+    }
     let text = resp
         .into_string()
         .map_err(|e| RowError::Retryable { msg: format!("reading the provider's answer failed: {e}"), retry_after_ms: None })?;

@@ -4,7 +4,7 @@
 use super::core::{self as emb, Embedded, Embedder, Features, SignalInput};
 use super::jsonb::JsonbBytes;
 use crate::error::SqlError;
-use crate::spi::{run, vector_schema};
+use crate::spi::{run, vector_schema, ReportError};
 use crate::{audit, sql_error};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -33,6 +33,10 @@ pub enum EmbeddingError {
     Dims { dims: i32, configured: Option<i32> },
     #[error("invalid {what}: {why}")]
     Argument { what: &'static str, why: String },
+    #[error("{0}")]
+    Egress(super::egress::EgressError),
+    #[error("{0}")]
+    Spi(#[from] pgrx::spi::SpiError),
 }
 
 impl SqlError for EmbeddingError {
@@ -45,6 +49,10 @@ impl SqlError for EmbeddingError {
             EmbeddingError::NoneActive | EmbeddingError::HttpInSql(_) | EmbeddingError::Dims { .. } => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            EmbeddingError::Egress(super::egress::EgressError::NotAllowed { .. }) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            EmbeddingError::Egress(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            // SPI itself failed (a PostgreSQL ERROR keeps its own SQLSTATE): a bug in quantops
+            EmbeddingError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
     fn detail(&self) -> Option<String> {
@@ -64,6 +72,10 @@ impl SqlError for EmbeddingError {
                 "put quantops in shared_preload_libraries; the worker drains the queue (see quantops.embedding_status)".into(),
             ),
             EmbeddingError::Dims { .. } => Some("run quantops.configure(dims => ...) first, or register the embedder with the configured dims".into()),
+            EmbeddingError::Egress(super::egress::EgressError::NotAllowed { .. }) => Some(
+                "a superuser adds the host to quantops.embedding_allowed_hosts (ALTER SYSTEM, then pg_reload_conf())".into(),
+            ),
+            EmbeddingError::Egress(super::egress::EgressError::KeyInClear { .. }) => Some("use an https:// url".into()),
             EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => {
                 Some("see select name, version, kind, active from quantops.embedders".into())
             }
@@ -82,35 +94,40 @@ fn load(name: &str, version: i32) -> Result<Embedder, EmbeddingError> {
     if let Some(e) = CACHE.with(|c| c.borrow().get(&(name.to_string(), version)).cloned()) {
         return Ok(e);
     }
-    let row = Spi::connect(|c| {
-        let t = c
-            .select(
-                "select kind, dims, params from quantops.embedders where name = $1 and version = $2",
-                None,
-                &[name.into(), version.into()],
-            )
-            .ok()?;
+    let row = Spi::connect(|c| -> Result<Option<(String, i32, JsonB)>, pgrx::spi::SpiError> {
+        let t = c.select(
+            "select kind, dims, params from quantops.embedders where name = $1 and version = $2",
+            None,
+            &[name.into(), version.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
         let r = t.first();
-        Some((r.get::<String>(1).ok()??, r.get::<i32>(2).ok()??, r.get::<JsonB>(3).ok()??))
-    });
+        // every column is NOT NULL
+        Ok(match (r.get::<String>(1)?, r.get::<i32>(2)?, r.get::<JsonB>(3)?) {
+            (Some(k), Some(d), Some(p)) => Some((k, d, p)),
+            _ => None,
+        })
+    })?;
     let (kind, dims, params) = row.ok_or_else(|| EmbeddingError::UnknownVersion { name: name.into(), version })?;
     let e = Embedder::parse(name, version, &kind, dims, &params.0).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
     CACHE.with(|c| c.borrow_mut().insert((name.to_string(), version), e.clone()));
     Ok(e)
 }
 
-/// The active embedder, if any.
+/// The active embedder, if any. A failed read is an error, never "none is active".
 pub fn active() -> Result<Option<Embedder>, EmbeddingError> {
     let (name, version): (Option<String>, Option<i32>) =
-        Spi::get_two("select name, version from quantops.embedders where active").unwrap_or((None, None));
+        crate::spi::read_two("select name, version from quantops.embedders where active", &[])?;
     match (name, version) {
         (Some(n), Some(v)) => load(&n, v).map(Some),
         _ => Ok(None),
     }
 }
 
-fn configured_dims() -> Option<i32> {
-    Spi::get_one("select embedding_dims from quantops.settings").ok().flatten()
+fn configured_dims() -> Result<Option<i32>, EmbeddingError> {
+    Ok(crate::spi::read_one("select embedding_dims from quantops.settings", &[])?)
 }
 
 /// Registers the next version of an embedder (version 1 for a new name). Returns the version.
@@ -144,20 +161,26 @@ fn register_embedder(
         }
         .into());
     }
-    Embedder::parse(name, 1, kind, dims, &params).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
-    let configured = configured_dims();
+    let parsed = Embedder::parse(name, 1, kind, dims, &params).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
+    // the worker (a superuser process holding the provider's key) only calls hosts a superuser
+    // allowed, and sends a key only over https or to this machine
+    if let super::core::Kind::Http(h) = &parsed.kind {
+        let sends_key = h.api_key_secret.is_some() || crate::gucs::embedding_api_key_file().is_some();
+        super::egress::check(&h.url, &crate::gucs::embedding_allowed_hosts(), sends_key).map_err(EmbeddingError::Egress)?;
+    }
+    let configured = configured_dims()?;
     if configured != Some(dims) {
         return Err(EmbeddingError::Dims { dims, configured }.into());
     }
-    let version: i32 = Spi::get_one_with_args(
+    // an aggregate over the name always yields a row, so the insert always returns its version
+    let version: i32 = crate::spi::write_one(
         "insert into quantops.embedders (name, version, kind, dims, params) \
          select $1, coalesce(max(version), 0) + 1, $2, $3, $4 from quantops.embedders where name = $1 \
          returning version",
         &[name.into(), kind.into(), dims.into(), JsonB(params.clone()).into()],
     )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| pgrx::error!("quantops: registering embedder \"{name}\" failed"));
+    .map_err(EmbeddingError::from)?
+    .unwrap_or(1);
     audit::sql::record_call(
         "register_embedder",
         json!({ "name": name, "kind": kind, "dims": dims, "params": params }),
@@ -177,15 +200,13 @@ fn activate_embedder(name: &str, version: i32) -> Result<i64, EmbeddingError> {
     run("activating the embedder", "update quantops.embedders set active = true where name = $1 and version = $2", &[name.into(), version.into()]);
     // every row made by another embedder (or none) is stale now; old vectors stay searchable
     // until the refresh replaces them
-    let n: i64 = Spi::get_one_with_args(
+    let n: i64 = crate::spi::write_one(
         "with ins as (insert into quantops.embedding_queue (signal_id) \
             select id from quantops.signal_embeddings \
             where embedder is distinct from $1 or embedder_version is distinct from $2::text \
             on conflict (signal_id) do nothing returning 1) select count(*) from ins",
         &[name.into(), version.into()],
-    )
-    .ok()
-    .flatten()
+    )?
     .unwrap_or(0);
     audit::sql::record_call("set_embedder", json!({ "name": name, "version": version }), Some(json!({ "enqueued": n })), started);
     crate::workers::wake_at_commit();
@@ -199,13 +220,12 @@ fn set_embedder(name: Option<&str>, version: default!(Option<i32>, "NULL")) -> R
     let name = name.ok_or(EmbeddingError::Null("name"))?;
     let version = match version {
         Some(v) => v,
-        None => Spi::get_one_with_args::<i32>("select max(version) from quantops.embedders where name = $1", &[name.into()])
-            .ok()
-            .flatten()
+        None => crate::spi::read_one::<i32>("select max(version) from quantops.embedders where name = $1", &[name.into()])
+            .map_err(EmbeddingError::from)?
             .ok_or_else(|| EmbeddingError::Unknown(name.to_string()))?,
     };
     let e = load(name, version)?;
-    let configured = configured_dims();
+    let configured = configured_dims()?;
     if configured != Some(e.dims as i32) {
         return Err(EmbeddingError::Dims { dims: e.dims as i32, configured }.into());
     }
@@ -216,8 +236,8 @@ fn set_embedder(name: Option<&str>, version: default!(Option<i32>, "NULL")) -> R
 /// The input hash of a row under an embedder: what `input_hash` holds once the row is embedded.
 #[pg_extern(stable, parallel_safe)]
 fn embedding_input_hash(
-    name: &str,
-    version: i32,
+    name: Option<&str>,
+    version: Option<i32>,
     strategy: Option<&str>,
     symbol: Option<&str>,
     features: Option<JsonbBytes>,
@@ -225,6 +245,10 @@ fn embedding_input_hash(
     rationale: Option<&str>,
     tags: Option<Vec<Option<String>>>,
 ) -> Result<Option<Vec<u8>>, ErrorReport> {
+    // not STRICT (pgrx declares a function STRICT only when no argument is an Option): the
+    // embedder must be named; the inputs may be NULL
+    let name = name.ok_or(EmbeddingError::Null("name"))?;
+    let version = version.ok_or(EmbeddingError::Null("version"))?;
     let e = load(name, version)?;
     let row = SignalInput {
         strategy: strategy.unwrap_or_default().to_string(),
@@ -234,6 +258,8 @@ fn embedding_input_hash(
         rationale: rationale.map(String::from),
         tags: tags.unwrap_or_default().into_iter().flatten().collect(),
     };
+    // NULL: this embedder cannot embed the row (a feature it reads is missing or not a number);
+    // the refresh dead-letters such a row with the reason
     Ok(emb::input_hash(&e, &row).ok().map(|h| h.to_vec()))
 }
 
@@ -249,26 +275,35 @@ pub struct VectorType {
 }
 
 pub fn vector_type() -> VectorType {
-    let schema = vector_schema().unwrap_or_else(|| pgrx::error!("quantops: extension \"vector\" is not installed"));
-    Spi::connect(|c| {
-        let t = c
-            .select(
-                "select t.oid, t.typarray, t.typalign::text from pg_catalog.pg_type t \
-                 join pg_catalog.pg_extension e on e.extnamespace = t.typnamespace \
-                 where e.extname = 'vector' and t.typname = 'vector'",
-                None,
-                &[],
-            )
-            .expect("looking up the vector type failed");
-        let r = t.first();
-        let align: String = r.get(3).ok().flatten().unwrap_or_else(|| "i".into());
-        VectorType {
-            oid: r.get::<pg_sys::Oid>(1).ok().flatten().expect("vector type"),
-            array_oid: r.get::<pg_sys::Oid>(2).ok().flatten().expect("vector[] type"),
-            align: align.as_bytes()[0] as std::ffi::c_char,
-            schema,
+    use crate::error::raise;
+    // quantops requires vector (its control file), so it cannot be dropped while quantops exists
+    let Some(schema) = vector_schema() else {
+        raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "extension \"vector\" is not installed")
+    };
+    let row = Spi::connect(|c| -> Result<_, pgrx::spi::SpiError> {
+        let t = c.select(
+            "select t.oid, t.typarray, t.typalign::text from pg_catalog.pg_type t \
+             join pg_catalog.pg_extension e on e.extnamespace = t.typnamespace \
+             where e.extname = 'vector' and t.typname = 'vector'",
+            None,
+            &[],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
         }
+        let r = t.first();
+        Ok(Some((r.get::<pg_sys::Oid>(1)?, r.get::<pg_sys::Oid>(2)?, r.get::<String>(3)?)))
     })
+    .unwrap_or_else(|e| crate::spi::failed("looking up the vector type", e).report_error());
+    match row {
+        Some((Some(oid), Some(array_oid), align)) => VectorType {
+            oid,
+            array_oid,
+            align: align.as_deref().unwrap_or("i").as_bytes()[0] as std::ffi::c_char,
+            schema,
+        },
+        _ => raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "type \"vector\" of extension \"vector\" does not exist"),
+    }
 }
 
 /// A `vector[]` as PostgreSQL lays it out in memory, built in plain Rust (so a thread other than
@@ -636,18 +671,22 @@ pub fn dead_letter(e: &Embedder, ids: &[i64], hashes: &[Option<Vec<u8>>], errors
 }
 
 /// Rows ready to embed now (not leased, not backing off).
+/// Rows ready to be embedded now (count(*) returns one row).
 pub fn ready_count() -> i64 {
-    Spi::get_one(
+    crate::spi::read_one(
         "select count(*) from quantops.embedding_queue \
          where next_try_at <= pg_catalog.now() and (lease_until is null or lease_until < pg_catalog.now())",
+        &[],
     )
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| crate::spi::failed("counting the ready rows", e).report_error())
     .unwrap_or(0)
 }
 
+/// Rows queued (count(*) returns one row).
 pub fn backlog() -> i64 {
-    Spi::get_one("select count(*) from quantops.embedding_queue").ok().flatten().unwrap_or(0)
+    crate::spi::read_one("select count(*) from quantops.embedding_queue", &[])
+        .unwrap_or_else(|e| crate::spi::failed("counting the queue", e).report_error())
+        .unwrap_or(0)
 }
 
 pub fn builtin_active() -> Result<(Embedder, VectorType), EmbeddingError> {
@@ -705,14 +744,19 @@ pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, bat
         let next = if taken < max_rows && t0.elapsed() < budget { pick(e, batch.min(max_rows - taken), &mut mark) } else { Vec::new() };
         taken += next.len() as i64;
         let spawned = (!next.is_empty()).then(|| {
+            // built here, on the backend's thread, so that a failure is an error with its SQLSTATE
+            let pool = crate::threads::pipeline_pool()
+                .unwrap_or_else(|err| crate::error::raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, err));
             let (e2, oid, align) = (e.clone(), vt.oid.to_u32(), vt.align as u8);
             std::thread::Builder::new()
                 .name("quantops-embed".into())
                 .spawn(move || {
                     crate::threads::block_signals();
-                    crate::threads::pipeline_pool().install(|| compute(&e2, oid, align, next))
+                    pool.install(|| compute(&e2, oid, align, next))
                 })
-                .unwrap_or_else(|err| pgrx::error!("quantops: starting an embedding thread failed: {err}"))
+                .unwrap_or_else(|err| {
+                    crate::error::raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, format!("could not start an embedding thread: {err}"))
+                })
         });
         if let Some(h) = pending.take() {
             total += apply(e, vt, join(h));
@@ -726,7 +770,9 @@ pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, bat
 }
 
 fn join(h: std::thread::JoinHandle<Computed>) -> Computed {
-    h.join().unwrap_or_else(|_| pgrx::error!("quantops: the embedding thread panicked"))
+    // the embedding thread runs only quantops' pure code, which does not panic on any input: a
+    // panic there is a bug, reported as PostgreSQL reports its own (XX000)
+    h.join().unwrap_or_else(|_| crate::error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "quantops: the embedding thread panicked"))
 }
 
 /// Enqueues every stale row that is not queued: no embedding, another embedder, or an input hash

@@ -24,12 +24,29 @@ pub fn drain() -> i64 {
     if PAUSED_UNTIL.with(|p| p.get()).is_some_and(|t| Instant::now() < t) {
         return 0;
     }
-    let Ok(Ok(Some(e))) = in_transaction(sql::active) else { return 0 };
-    let ready = in_transaction(sql::ready_count).unwrap_or(0);
+    // an error here is logged once a pause, never mistaken for "nothing to do"
+    let pause = |what: &str, m: String| {
+        warning!("quantops: the embedding refresh {what}: {m}");
+        PAUSED_UNTIL.with(|p| p.set(Some(Instant::now() + Duration::from_secs(30))));
+        0
+    };
+    let e = match in_transaction(sql::active) {
+        Ok(Ok(Some(e))) => e,
+        Ok(Ok(None)) => return 0,
+        Ok(Err(err)) => return pause("cannot use the active embedder", err.to_string()),
+        Err(m) => return pause("could not read the active embedder", m),
+    };
+    let ready = match in_transaction(sql::ready_count) {
+        Ok(n) => n,
+        Err(m) => return pause("could not read the queue", m),
+    };
     if ready == 0 {
         return 0;
     }
-    let Ok(run_id) = in_transaction(|| jobs::sql::begin_run("refresh-embeddings", "worker")) else { return 0 };
+    let run_id = match in_transaction(|| jobs::sql::begin_run("refresh-embeddings", "worker")) {
+        Ok(id) => id,
+        Err(m) => return pause("could not record its start", m),
+    };
     let t0 = Instant::now();
     let mut total = BatchOutcome::default();
     let mut error = None;
@@ -68,32 +85,34 @@ pub fn drain() -> i64 {
             Err(m)
         }
     };
-    let _ = in_transaction(move || jobs::sql::finish_run(run_id, &result));
+    if let Err(m) = in_transaction(move || jobs::sql::finish_run(run_id, &result)) {
+        warning!("quantops: could not record the end of the embedding refresh run {run_id}: {m}");
+    }
     total.picked
 }
 
 fn api_key(e: &Embedder, secret: &Option<String>) -> Option<String> {
     if let Some(name) = secret {
         let name = name.clone();
-        let from_vault = in_transaction(move || {
-            let has_vault: bool = Spi::get_one("select pg_catalog.to_regclass('vault.decrypted_secrets') is not null")
-                .ok()
-                .flatten()
-                .unwrap_or(false);
+        let from_vault = in_transaction(move || -> Result<Option<String>, pgrx::spi::SpiError> {
+            let has_vault: bool =
+                crate::spi::read_one("select pg_catalog.to_regclass('vault.decrypted_secrets') is not null", &[])?.unwrap_or(false);
             if !has_vault {
-                return None;
+                return Ok(None);
             }
-            Spi::get_one_with_args::<String>(
-                "select decrypted_secret from vault.decrypted_secrets where name = $1",
+            crate::spi::read_one::<String>(
+                "select s.decrypted_secret from vault.decrypted_secrets s where s.name operator(pg_catalog.=) $1",
                 &[name.as_str().into()],
             )
-            .ok()
-            .flatten()
         });
-        if let Ok(Some(k)) = from_vault {
-            return Some(k);
+        match from_vault {
+            Ok(Ok(Some(k))) => return Some(k),
+            Ok(Ok(None)) => {
+                warning!("quantops: vault secret for embedder \"{}\" not found; trying quantops.embedding_api_key_file", e.name)
+            }
+            Ok(Err(err)) => warning!("quantops: reading the vault secret for embedder \"{}\" failed: {err}", e.name),
+            Err(m) => warning!("quantops: reading the vault secret for embedder \"{}\" failed: {m}", e.name),
         }
-        warning!("quantops: vault secret for embedder \"{}\" not found; trying quantops.embedding_api_key_file", e.name);
     }
     let path = gucs::embedding_api_key_file()?;
     match std::fs::read_to_string(&path) {
@@ -105,46 +124,108 @@ fn api_key(e: &Embedder, secret: &Option<String>) -> Option<String> {
     }
 }
 
-/// One HTTP batch: lease, call the provider outside any transaction, write back.
+/// One HTTP batch: lease, call the provider outside any transaction, write back. The provider is
+/// called from a thread of its own while the worker's main thread waits on its latch, so a SIGTERM
+/// (a fast shutdown) stops the worker within moments even in the middle of a slow request: the
+/// leases are then given back and the rows stay queued.
 fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
-    let Kind::Http(p) = &e.kind else { unreachable!() };
+    let Kind::Http(p) = &e.kind else {
+        return Err(format!("embedder \"{}\" is not an http embedder", e.name));
+    };
+    // the allowlist is read at every step (a superuser may shrink it with a reload)
+    let api_key = api_key(e, &p.api_key_secret);
+    if let Err(err) = super::egress::check(&p.url, &gucs::embedding_allowed_hosts(), api_key.is_some()) {
+        return Err(format!("embedder \"{}\" was not called: {err}", e.name));
+    }
     let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;
     let (e1, n, lease) = (e.clone(), p.batch_size as i64, lease_s);
     // 1. lease a batch and commit: the rows are ours until the lease ends
-    let leased: Vec<Leased> = in_transaction(move || lease_batch(&e1, n, lease))?;
+    let leased: Vec<Leased> = in_transaction(move || lease_batch(&e1, n, lease))??;
     let mut out = BatchOutcome { picked: leased.len() as i64, ..Default::default() };
     if leased.is_empty() {
         return Ok(out);
     }
-    // 2. call the provider with no transaction open
+    // 2. call the provider with no transaction open, from a thread that never touches PostgreSQL
     let provider = Provider {
         url: p.url.clone(),
         model: p.model.clone(),
         dims: e.dims,
         send_dimensions: p.send_dimensions,
         timeout: Duration::from_millis(p.timeout_ms),
-        api_key: api_key(e, &p.api_key_secret),
+        api_key,
     };
     // fresh rows in one request (split on a permanent error); earlier failures one by one
-    let fresh: Vec<String> = leased.iter().filter(|l| !l.retry).map(|l| l.text.clone()).collect();
-    let mut fresh_results = embed_split(&provider, &fresh).into_iter();
-    let results: Vec<Result<Vec<f32>, RowError>> = leased
-        .iter()
-        .map(|l| {
-            if l.retry {
-                embed_split(&provider, std::slice::from_ref(&l.text)).pop().expect("one result per input")
-            } else {
-                fresh_results.next().expect("one result per input")
+    let jobs: Vec<(String, bool)> = leased.iter().map(|l| (l.text.clone(), l.retry)).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("quantops-http".into()).spawn(move || {
+        crate::threads::block_signals();
+        let _ = tx.send(call_provider(&provider, &jobs));
+    });
+    if let Err(err) = spawned {
+        release(&leased);
+        return Err(format!("starting the provider thread failed: {err}"));
+    }
+    let results = loop {
+        match rx.try_recv() {
+            Ok(r) => break r,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                release(&leased);
+                return Err("the provider thread ended without an answer".into());
             }
-        })
-        .collect();
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        if crate::workers::stopping() {
+            // the thread is left to the process's exit; the rows go back to the queue
+            release(&leased);
+            return Err("stopped (SIGTERM) while the provider was answering; the leased rows are queued again".into());
+        }
+        // SAFETY: the worker's main thread; WL_EXIT_ON_PM_DEATH ends the process if the
+        // postmaster dies. A wake-up meant for the main loop only shortens this wait.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                5,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    };
     // 3. write back, each row only if its input is still the leased one
     let e2 = e.clone();
     let max_attempts = p.max_attempts;
-    let (done, failed) = in_transaction(move || write_back(&e2, &leased, results, max_attempts))?;
+    let (done, failed) = in_transaction(move || write_back(&e2, &leased, results, max_attempts))??;
     out.done = done;
     out.failed = failed;
     Ok(out)
+}
+
+/// The provider's answer for every leased row, in order: fresh rows in one request (split on a
+/// permanent error), rows that failed before one request each.
+fn call_provider(provider: &Provider, jobs: &[(String, bool)]) -> Vec<Result<Vec<f32>, RowError>> {
+    let fresh: Vec<String> = jobs.iter().filter(|(_, retry)| !retry).map(|(t, _)| t.clone()).collect();
+    let mut fresh_results = embed_split(provider, &fresh).into_iter();
+    jobs.iter()
+        .map(|(text, retry)| {
+            let r = if *retry { embed_split(provider, std::slice::from_ref(text)).pop() } else { fresh_results.next() };
+            // embed_split answers once per input
+            r.unwrap_or_else(|| Err(RowError::Retryable { msg: "no answer for this input".into(), retry_after_ms: None }))
+        })
+        .collect()
+}
+
+/// Gives leased rows back to the queue (the attempt does not count) after a stop.
+fn release(leased: &[Leased]) {
+    let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+    let _ = in_transaction(move || {
+        crate::spi::run(
+            "releasing leases",
+            "update quantops.embedding_queue set lease_until = null, leased_by = null, leased_hash = null, \
+               attempts = greatest(attempts - 1, 0) where signal_id operator(pg_catalog.=) any($1) \
+               and leased_by operator(pg_catalog.=) pg_catalog.pg_backend_pid()",
+            &[ids.into()],
+        )
+    });
 }
 
 /// Rows that failed retryably before are sent one per request, so a row that keeps failing fails
@@ -159,13 +240,15 @@ pub struct Leased {
     retry: bool,
 }
 
-fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
-    let Kind::Http(p) = &e.kind else { unreachable!() };
+fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String> {
+    let Kind::Http(p) = &e.kind else {
+        return Err(format!("embedder \"{}\" is not an http embedder", e.name));
+    };
     if !sql::still_active(e) {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool, bool)> = Spi::connect_mut(|c| {
-        c.update(
+        let t = c.update(
             "with fresh as ( \
                select q.signal_id from quantops.embedding_queue q \
                where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
@@ -186,9 +269,9 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
              from leased l join quantops.signal_embeddings s on s.id = l.signal_id",
             None,
             &[e.name.as_str().into(), e.version.into(), n.into(), lease_s.into(), RETRY_SINGLETONS.into()],
-        )
-        .expect("leasing a batch failed")
-        .map(|t| {
+        )?;
+        // signal_id, attempts and the two booleans are never NULL in this statement
+        Ok::<_, pgrx::spi::SpiError>(t.map(|t| {
             (
                 t.get::<i64>(1).ok().flatten().unwrap_or(0),
                 t.get::<i32>(2).ok().flatten().unwrap_or(1),
@@ -198,13 +281,18 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
                 t.get::<bool>(11).ok().flatten().unwrap_or(false),
             )
         })
-        .collect()
-    });
+        .collect())
+    })
+    .map_err(|err| format!("leasing a batch failed: {err}"))?;
     let mut leased = Vec::new();
     let mut unchanged = Vec::new();
     let (mut ids, mut hashes) = (Vec::new(), Vec::new());
     for (id, attempts, input, stored, force, retry) in rows {
-        let h = emb::input_hash(e, &input).expect("an http input always hashes").to_vec();
+        // an http embedder hashes its rendered text: it cannot fail
+        let h = match emb::input_hash(e, &input) {
+            Ok(h) => h.to_vec(),
+            Err(err) => return Err(format!("hashing signal {id} failed: {}", err.message())),
+        };
         if !force && stored.as_deref() == Some(h.as_slice()) {
             unchanged.push(id);
             continue;
@@ -223,7 +311,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Vec<Leased> {
             &[ids.into(), hashes.into()],
         );
     }
-    leased
+    Ok(leased)
 }
 
 fn write_back(
@@ -231,7 +319,7 @@ fn write_back(
     leased: &[Leased],
     results: Vec<Result<Vec<f32>, RowError>>,
     max_attempts: i32,
-) -> (i64, i64) {
+) -> Result<(i64, i64), String> {
     if !sql::still_active(e) {
         // switched to another embedder while we were away: write nothing, give the rows back
         let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
@@ -241,7 +329,7 @@ fn write_back(
                attempts = greatest(attempts - 1, 0) where signal_id = any($1) and leased_by = pg_catalog.pg_backend_pid()",
             &[ids.into()],
         );
-        return (0, 0);
+        return Ok((0, 0));
     }
     let (mut ok_ids, mut ok_vecs, mut ok_hash) = (Vec::new(), Vec::new(), Vec::new());
     let (mut dl_ids, mut dl_hash, mut dl_err, mut dl_att, mut dl_class) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -281,7 +369,7 @@ fn write_back(
     if !ok_ids.is_empty() {
         // only rows whose input is still the one leased, and still leased by us
         let still: Vec<i64> = Spi::connect_mut(|c| {
-            c.update(
+            let t = c.update(
                 "select s.id from quantops.signal_embeddings s \
                  join rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[])) u(id, h) on s.id = u.id \
                  join quantops.embedding_queue q on q.signal_id = s.id and q.leased_by = pg_catalog.pg_backend_pid() \
@@ -289,11 +377,10 @@ fn write_back(
                  for update of s",
                 None,
                 &[ok_ids.clone().into(), ok_hash.clone().into(), e.name.as_str().into(), e.version.into()],
-            )
-            .expect("checking leased rows failed")
-            .filter_map(|t| t.get::<i64>(1).ok().flatten())
-            .collect()
-        });
+            )?;
+            Ok::<_, pgrx::spi::SpiError>(t.filter_map(|t| t.get::<i64>(1).ok().flatten()).collect())
+        })
+        .map_err(|err| format!("checking leased rows failed: {err}"))?;
         let keep: std::collections::HashSet<i64> = still.iter().copied().collect();
         let (mut ids, mut vecs, mut hs, mut stale) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((id, v), h) in ok_ids.into_iter().zip(ok_vecs).zip(ok_hash) {
@@ -342,5 +429,5 @@ fn write_back(
         let atts: Vec<i32> = idx.iter().map(|i| dl_att[*i]).collect();
         sql::dead_letter(e, &ids, &hs, &errs, &atts, class);
     }
-    (done, failed)
+    Ok((done, failed))
 }

@@ -54,13 +54,12 @@ thread_local! {
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// quantops.flags's oid, 0 until looked up (reset on a full invalidation).
     static FLAGS_OID: Cell<u32> = const { Cell::new(0) };
-    static CACHE: RefCell<Cache> = RefCell::new(Cache { generation: 0, flags: HashMap::new(), owner: None });
+    static CACHE: RefCell<Cache> = RefCell::new(Cache { generation: 0, flags: HashMap::new() });
 }
 
 struct Cache {
     generation: u64,
     flags: HashMap<String, Option<Rc<CompiledFlag>>>,
-    owner: Option<pg_sys::Oid>,
 }
 
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
@@ -85,7 +84,9 @@ fn flags_oid() -> u32 {
     if o != 0 {
         return o;
     }
-    let oid = Spi::get_one::<pg_sys::Oid>("select pg_catalog.to_regclass('quantops.flags')::oid")
+    // a failed read is 0: looked up again at the next call, and a flag change then clears the
+    // whole cache (any relcache invalidation does while the oid is unknown)
+    let oid = crate::spi::pinned(|| crate::spi::read_one::<pg_sys::Oid>("select pg_catalog.to_regclass('quantops.flags')::pg_catalog.oid", &[]))
         .ok()
         .flatten()
         .map(|o| o.to_u32())
@@ -95,39 +96,43 @@ fn flags_oid() -> u32 {
 }
 
 /// Reads one flag's definition as the extension's owner (the table is not granted to callers:
-/// its targeting rules may name users), and compiles it. A definition that no longer compiles
-/// (written by a newer version, say) is an error for evaluate_flag, false for flag_enabled.
-fn load(key: &str, owner: pg_sys::Oid) -> Result<Option<Rc<CompiledFlag>>, FlagError> {
-    let mut save_user = pg_sys::InvalidOid;
-    let mut save_ctx = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_ctx);
-        pg_sys::SetUserIdAndSecContext(owner, save_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let def = Spi::get_one_with_args::<JsonB>("select definition from quantops.flags where key = $1", &[key.into()]);
-    unsafe { pg_sys::SetUserIdAndSecContext(save_user, save_ctx) };
-    match def.ok().flatten() {
+/// its targeting rules may name users), and compiles it. The read runs under an owner switch with
+/// a pinned search_path inside a security-restricted operation: nothing of the caller's
+/// environment (operators, functions, temporary objects) takes part in it. A definition that no
+/// longer compiles (written by a newer version, say) is an error for evaluate_flag, false for
+/// flag_enabled.
+fn load(key: &str) -> Result<Option<Rc<CompiledFlag>>, LoadError> {
+    let def = crate::spi::as_owner(|| {
+        crate::spi::read_one::<JsonB>(
+            "select f.definition from quantops.flags f where f.key operator(pg_catalog.=) $1",
+            &[key.into()],
+        )
+    })
+    .and_then(|r| r)
+    .map_err(|e| LoadError::Read(e.to_string()))?;
+    match def {
         None => Ok(None),
-        Some(JsonB(v)) => Ok(Some(Rc::new(CompiledFlag::compile(key, &v)?))),
+        Some(JsonB(v)) => Ok(Some(Rc::new(CompiledFlag::compile(key, &v).map_err(LoadError::Invalid)?))),
     }
 }
 
-fn extension_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>("select extowner from pg_catalog.pg_extension where extname = 'quantops'")
-        .ok()
-        .flatten()
-        .unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID.into())
+/// Why a flag could not be had: its definition does not compile, or reading it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Invalid(FlagError),
+    #[error("reading the flag failed: {0}")]
+    Read(String),
 }
 
 /// The compiled flag for `key` (None: no such flag), from the cache when it is current.
-fn lookup(key: &str) -> Result<Option<Rc<CompiledFlag>>, FlagError> {
+fn lookup(key: &str) -> Result<Option<Rc<CompiledFlag>>, LoadError> {
     ensure_callback();
     let generation = GENERATION.with(|g| g.get());
     let hit = CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.generation != generation {
             c.flags.clear();
-            c.owner = None;
             c.generation = generation;
             return None;
         }
@@ -137,15 +142,7 @@ fn lookup(key: &str) -> Result<Option<Rc<CompiledFlag>>, FlagError> {
         return Ok(h);
     }
     flags_oid();
-    let owner = match CACHE.with(|c| c.borrow().owner) {
-        Some(o) => o,
-        None => {
-            let o = extension_owner();
-            CACHE.with(|c| c.borrow_mut().owner = Some(o));
-            o
-        }
-    };
-    let f = load(key, owner)?;
+    let f = load(key)?;
     // a load that raced an invalidation is not cached
     if GENERATION.with(|g| g.get()) == generation {
         CACHE.with(|c| {
@@ -308,7 +305,8 @@ unsafe fn resolve_arg(key: &str, fcinfo: pg_sys::FunctionCallInfo, arg: usize) -
     let flag = match lookup(key) {
         Ok(Some(f)) => f,
         Ok(None) => return error_resolution(ErrorCode::FlagNotFound, format!("flag \"{key}\" does not exist")),
-        Err(err) => return error_resolution(ErrorCode::ParseError, err.to_string()),
+        Err(LoadError::Invalid(err)) => return error_resolution(ErrorCode::ParseError, err.to_string()),
+        Err(LoadError::Read(err)) => return error_resolution(ErrorCode::General, err),
     };
     let nargs = (*fcinfo).nargs as usize;
     let args = (*fcinfo).args.as_slice(nargs);
@@ -332,7 +330,7 @@ fn evaluate_flag(
     fcinfo: pg_sys::FunctionCallInfo,
     key: Option<&str>,
     context: default!(Option<JsonB>, "'{}'"),
-) -> TableIterator<
+) -> Result<TableIterator<
     'static,
     (
         name!(value, bool),
@@ -343,15 +341,27 @@ fn evaluate_flag(
         name!(error_message, Option<String>),
         name!(rule, Option<i32>),
     ),
-> {
+>, ErrorReport> {
     let key = key.unwrap_or("");
     let r = unsafe { resolve_arg(key, fcinfo, 1) };
     let rate = gucs::flag_exposure_sample();
-    if rate > 0.0 && r.reason != "ERROR" && sampled(rate) {
+    // anon writes nothing, and a read-only transaction (PostgREST's GET, a replica) is not failed
+    // for the sake of a sample
+    if rate > 0.0 && r.reason != "ERROR" && !crate::spi::caller_is_anon() && !crate::spi::read_only() && sampled(rate) {
         let ctx = context.map(|j| j.0).unwrap_or_else(|| Value::Object(Map::new()));
-        crate::spi::run(
-            "logging a flag exposure",
-            "select quantops._flag_exposure($1, $2, $3, $4, $5, $6)",
+        log_exposure(key, &r, ctx)?;
+    }
+    Ok(TableIterator::once((r.value, r.variant, r.payload.map(JsonB), r.reason.to_string(), r.code.map(str::to_string), r.message, r.rule)))
+}
+
+/// Writes one exposure row as the extension's owner (no caller may write the table, nor call
+/// anything that does).
+fn log_exposure(key: &str, r: &Resolution, ctx: Value) -> Result<(), ErrorReport> {
+    // the actor column defaults to quantops.uid(): the request's JWT claims, whoever writes
+    crate::spi::as_owner(|| {
+        Spi::run_with_args(
+            "insert into quantops.flag_exposures (flag_key, environment, value, variant, reason, context) \
+             values ($1, $2, $3, $4, $5, $6)",
             &[
                 key.into(),
                 environment().name().into(),
@@ -360,9 +370,10 @@ fn evaluate_flag(
                 r.reason.into(),
                 JsonB(ctx).into(),
             ],
-        );
-    }
-    TableIterator::once((r.value, r.variant, r.payload.map(JsonB), r.reason.to_string(), r.code.map(str::to_string), r.message, r.rule))
+        )
+    })
+    .and_then(|x| x)
+    .map_err(|e| crate::spi::failed("logging a flag exposure", e))
 }
 
 thread_local! {

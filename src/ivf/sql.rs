@@ -5,7 +5,7 @@
 use super::core::{self as ivf, Measured, Thresholds};
 use crate::config::core::{recommended_lists, Metric};
 use crate::error::SqlError;
-use crate::spi::quote_ident;
+use crate::spi::{quote_ident, ReportError};
 use crate::sql_error;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -28,6 +28,10 @@ pub enum IvfError {
     Unsupported(String, String),
     #[error("permission denied for table \"{0}\"")]
     Denied(String),
+    #[error("must be owner of table \"{0}\" to rebuild its index")]
+    NotOwner(String),
+    #[error("{0}")]
+    Spi(#[from] pgrx::spi::SpiError),
     #[error("invalid {0}: {1}")]
     Param(&'static str, String),
     #[error("could not read index \"{0}\": {1}")]
@@ -43,7 +47,9 @@ impl SqlError for IvfError {
             IvfError::NoIvfflat(_) => ERRCODE_UNDEFINED_OBJECT,
             IvfError::NotIvfflat(_) => ERRCODE_WRONG_OBJECT_TYPE,
             IvfError::Unsupported(..) => ERRCODE_FEATURE_NOT_SUPPORTED,
-            IvfError::Denied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            IvfError::Denied(_) | IvfError::NotOwner(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            // SPI itself failed (not a PostgreSQL ERROR, which keeps its own SQLSTATE): a bug
+            IvfError::Spi(_) => ERRCODE_INTERNAL_ERROR,
             IvfError::Param(..) => ERRCODE_INVALID_PARAMETER_VALUE,
             IvfError::Pages(..) => ERRCODE_DATA_CORRUPTED,
         }
@@ -53,6 +59,7 @@ impl SqlError for IvfError {
             IvfError::NotConfigured => Some("run quantops.configure(dims => ...) to build it".into()),
             IvfError::NoIvfflat(_) => Some("create one: create index on <table> using ivfflat (<column> vector_cosine_ops) with (lists = ...)".into()),
             IvfError::Invalid(_) => Some("a failed concurrent build leaves an invalid index; quantops.maintain_index() drops it".into()),
+            IvfError::NotOwner(_) => Some("the quantops worker rebuilds an index as a superuser, so it does so only for the table's owner, as REINDEX requires".into()),
             _ => None,
         }
     }
@@ -90,11 +97,10 @@ pub const DEFAULT_INDEX: &str = "quantops.signal_embeddings_embedding_ivfflat_id
 pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
     let oid = match target {
         Some(o) => o,
-        None => Spi::get_one_with_args::<pg_sys::Oid>("select pg_catalog.to_regclass($1)::oid", &[DEFAULT_INDEX.into()])
-            .ok()
-            .flatten()
+        None => crate::spi::read_one::<pg_sys::Oid>("select pg_catalog.to_regclass($1)::pg_catalog.oid", &[DEFAULT_INDEX.into()])?
             .ok_or(IvfError::NotConfigured)?,
     };
+    // the select cannot fail on its own (a PostgreSQL ERROR propagates); no row: no such relation
     let kind = Spi::connect(|c| {
         let t = c
             .select(
@@ -114,14 +120,16 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
     let index_oid = match relkind.as_str() {
         "i" if am.as_deref() == Some("ivfflat") => oid,
         "i" => return Err(IvfError::NotIvfflat(relname)),
-        "r" | "p" | "m" => Spi::get_one_with_args::<pg_sys::Oid>(
+        // a partitioned index or table has no pages of its own: each partition has its index
+        "I" | "p" => {
+            return Err(IvfError::Unsupported(relname, "it is partitioned; name the IVFFlat index of one partition".into()))
+        }
+        "r" | "m" => crate::spi::read_one::<pg_sys::Oid>(
             "select i.indexrelid from pg_catalog.pg_index i join pg_catalog.pg_class c on c.oid = i.indexrelid \
              join pg_catalog.pg_am am on am.oid = c.relam \
              where i.indrelid = $1 and am.amname = 'ivfflat' order by i.indisvalid desc, i.indexrelid limit 1",
             &[oid.into()],
-        )
-        .ok()
-        .flatten()
+        )?
         .ok_or(IvfError::NoIvfflat(relname))?,
         _ => return Err(IvfError::NotIvfflat(relname)),
     };
@@ -175,13 +183,11 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
         "vector_ip_ops" => Metric::InnerProduct,
         other => return Err(IvfError::Unsupported(iname, format!("operator class {other} (vector_l2_ops, vector_cosine_ops, vector_ip_ops are)"))),
     };
-    // the caller (not the definer) must be allowed to read the table
-    let allowed = Spi::get_one_with_args::<bool>(
-        "select pg_catalog.has_table_privilege(quantops._caller_role(), $1, 'SELECT')",
-        &[table_oid.into()],
-    )
-    .ok()
-    .flatten()
+    // the caller (not the definer: the role the call came from) must be allowed to read the table
+    let allowed = crate::spi::read_one::<bool>(
+        "select pg_catalog.has_table_privilege($1, $2, 'SELECT')",
+        &[crate::spi::outer_user().into(), table_oid.into()],
+    )?
     .unwrap_or(false);
     if !allowed {
         return Err(IvfError::Denied(table_name));
@@ -267,7 +273,9 @@ fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
         t.table_sql
     );
     let all: Vec<(String, Vec<f32>)> = Spi::connect(|c| {
-        let tab = c.select(&sql, None, &[pct.into(), (seed as f64).into()]).unwrap_or_else(|e| pgrx::error!("quantops: sampling {} failed: {e}", t.table_sql));
+        let tab = c
+            .select(&sql, None, &[pct.into(), (seed as f64).into()])
+            .unwrap_or_else(|e| crate::spi::failed(&format!("sampling {}", t.table_sql), e).report_error());
         let mut out = Vec::new();
         for r in tab {
             if let (Ok(Some(id)), Ok(Some(v))) = (r.get::<String>(1), r.get::<Vec<f32>>(2)) {
@@ -282,15 +290,19 @@ fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
 /// Rows with a vector (exact), and the table's cumulative insert and delete counters.
 pub fn table_stats(t: &Target) -> (i64, Option<i64>, Option<i64>) {
     let col = quote_ident(&t.column);
-    let rows = Spi::get_one::<i64>(&format!("select count(*) from {} where {col} is not null", t.table_sql)).ok().flatten().unwrap_or(0);
-    let (ins, del) = Spi::get_two_with_args::<i64, i64>(
+    let rows = crate::spi::read_one::<i64>(&format!("select count(*) from {} where {col} is not null", t.table_sql), &[])
+        .unwrap_or_else(|e| crate::spi::failed("counting the table's vectors", e).report_error())
+        .unwrap_or(0);
+    let (ins, del) = crate::spi::read_two::<i64, i64>(
         "select n_tup_ins, n_tup_del from pg_catalog.pg_stat_all_tables where relid = $1",
         &[t.table_oid.into()],
     )
-    .unwrap_or((None, None));
+    .unwrap_or_else(|e| crate::spi::failed("reading the table's statistics", e).report_error());
     (rows, ins, del)
 }
 
+/// The rebuild thresholds (quantops.index_policy's one row, which no API role may delete; its
+/// defaults if the owner removed it).
 fn thresholds() -> (Thresholds, f64, i32, String) {
     Spi::connect(|c| {
         let t = c
@@ -417,10 +429,8 @@ pub fn measure(t: &Target, o: &Options) -> Result<Value, IvfError> {
     let measured = Measured { rows, lists: meta.lists as i32, balance: bal, balance_growth: growth, drift, churn };
     let decision = ivf::decide(&measured, &th);
     let lop = ivf::lopsided(&a.counts);
-    let vector_version: String = Spi::get_one("select extversion::text from pg_catalog.pg_extension where extname = 'vector'")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let vector_version: String =
+        crate::spi::read_one("select extversion::text from pg_catalog.pg_extension where extname = 'vector'", &[])?.unwrap_or_default();
 
     let recall = if o.recall { Some(measure_recall(t, &smp, o.k, o.queries, target_recall, meta.lists as i32)?) } else { None };
     let fnum = |x: f64| if x.is_finite() { json!((x * 10000.0).round() / 10000.0) } else { Value::Null };
@@ -612,7 +622,9 @@ fn measure_recall(t: &Target, smp: &[(String, Vec<f32>)], k: i32, queries: i32, 
     };
     let search = |q: &(String, Vec<f32>)| -> Vec<String> {
         Spi::connect(|c| {
-            let tab = c.select(&sql, None, &[q.1.clone().into(), (k as i64 + 1).into()]).unwrap_or_else(|e| pgrx::error!("quantops: recall query failed: {e}"));
+            let tab = c
+                .select(&sql, None, &[q.1.clone().into(), (k as i64 + 1).into()])
+                .unwrap_or_else(|e| crate::spi::failed("the recall query", e).report_error());
             tab.filter_map(|r| r.get::<String>(1).ok().flatten()).filter(|id| *id != q.0).take(k as usize).collect()
         })
     };
@@ -780,15 +792,14 @@ pub fn plan(t: &Target, force: bool, dry_run: bool, by: &str) -> Result<Value, I
         "dry_run": dry_run,
     });
     if rebuild && !dry_run {
-        let existing: Option<i64> = Spi::get_one_with_args(
+        let existing: Option<i64> = crate::spi::read_one(
             "select id from quantops.index_builds where index_name = $1 and status in ('queued', 'running')",
             &[t.key().into()],
-        )
-        .ok()
-        .flatten();
+        )?;
         let id = match existing {
             Some(id) => id,
-            None => Spi::get_one_with_args::<i64>(
+            // INSERT ... RETURNING returns its row
+            None => crate::spi::write_one::<i64>(
                 "insert into quantops.index_builds (index_name, status, method, lists, requested_by, reasons, statements, health_before) \
                  values ($1, 'queued', $2, $3, $4, $5, $6, $7) returning id",
                 &[
@@ -800,10 +811,8 @@ pub fn plan(t: &Target, force: bool, dry_run: bool, by: &str) -> Result<Value, I
                     statements.clone().into(),
                     JsonB(out["health"].clone()).into(),
                 ],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| pgrx::error!("quantops: could not queue the rebuild")),
+            )?
+            .unwrap_or_default(),
         };
         out["request_id"] = json!(id);
         out["executed_by"] = json!(if crate::workers::preloaded() || crate::workers::scheduler_running() {
@@ -826,7 +835,21 @@ fn maintain_index(
     dry_run: default!(Option<bool>, "false"),
 ) -> Result<JsonB, ErrorReport> {
     let t = resolve(target)?;
-    let by: String = Spi::get_one("select 'sql:' || quantops._caller_role()").ok().flatten().unwrap_or_default();
+    // quantops' own index is quantops' to maintain (the maintain-index job does the same); any
+    // other index is rebuilt by the superuser worker only for the owner of its table
+    if t.key() != DEFAULT_INDEX {
+        // a scalar subquery: one row even if the table was dropped meanwhile (NULL: not the owner)
+        let owner = crate::spi::read_one::<bool>(
+            "select pg_catalog.pg_has_role($1, (select c.relowner from pg_catalog.pg_class c where c.oid = $2), 'USAGE')",
+            &[crate::spi::outer_user().into(), t.table_oid.into()],
+        )
+        .map_err(IvfError::from)?
+        .unwrap_or(false);
+        if !owner {
+            return Err(IvfError::NotOwner(t.table_sql.clone()).into());
+        }
+    }
+    let by: String = crate::spi::read_one("select 'sql:' || quantops._caller_role()", &[]).map_err(IvfError::from)?.unwrap_or_default();
     Ok(JsonB(plan(&t, force.unwrap_or(false), dry_run.unwrap_or(false), &by)?))
 }
 

@@ -52,7 +52,14 @@ pub fn execute_queued() -> Vec<Value> {
                 Some((r.get::<i64>(1).ok()??, r.get::<String>(2).ok()??, r.get::<i32>(3).ok().flatten()))
             })
         });
-        let Ok(Some((id, name, lists))) = claimed else { break };
+        let (id, name, lists) = match claimed {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                warning!("quantops: claiming a queued rebuild failed: {e}");
+                break;
+            }
+        };
         let result = execute(id, &name, lists);
         let (status, err) = match &result {
             Ok(_) => ("succeeded", None),
@@ -61,13 +68,20 @@ pub fn execute_queued() -> Vec<Value> {
         if let Err(e) = &result {
             warning!("quantops: rebuild {id} of index \"{name}\" failed: {e}");
         }
-        let _ = in_transaction(move || {
-            crate::spi::run(
-                "recording a rebuild's end",
-                "update quantops.index_builds set status = $2, error = $3, finished_at = pg_catalog.clock_timestamp() where id = $1",
-                &[id.into(), status.into(), err.into()],
-            )
-        });
+        // a rebuild left 'running' would hold its index's one pending slot: try twice, then say so
+        let record = || {
+            let e2 = err.clone();
+            in_transaction(move || {
+                crate::spi::run(
+                    "recording a rebuild's end",
+                    "update quantops.index_builds set status = $2, error = $3, finished_at = pg_catalog.clock_timestamp() where id = $1",
+                    &[id.into(), status.into(), e2.into()],
+                )
+            })
+        };
+        if let Err(e) = record().or_else(|_| record()) {
+            warning!("quantops: could not record the end of rebuild {id}: {e}");
+        }
         out.push(json!({ "id": id, "index": name, "status": status, "error": result.err() }));
     }
     out
@@ -140,7 +154,9 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
         }
     }
     if set_mem {
-        let _ = toplevel::run("reset maintenance_work_mem");
+        if let Err(e) = toplevel::run("reset maintenance_work_mem") {
+            warning!("quantops: could not reset maintenance_work_mem after rebuild {id}: {e}");
+        }
     }
     if result.is_err() {
         // a failed CREATE INDEX CONCURRENTLY leaves an INVALID index: drop it now

@@ -2,6 +2,7 @@
 
 use super::core::{self as book, JobOutcome};
 use crate::error::SqlError;
+use crate::spi::ReportError;
 use crate::{audit, gucs, sql_error};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -106,13 +107,10 @@ pub fn execute(job: &str) -> Result<JobOutcome, String> {
 
 /// Inserts the 'running' row of a job run and returns its id.
 pub fn begin_run(job: &str, runner: &str) -> i64 {
-    Spi::get_one_with_args::<i64>(
-        "insert into quantops.job_runs (job, runner) values ($1, $2) returning id",
-        &[job.into(), runner.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| pgrx::error!("quantops: could not record the start of job \"{job}\""))
+    // INSERT ... RETURNING returns its row; a PostgreSQL ERROR propagates with its own SQLSTATE
+    crate::spi::write_one::<i64>("insert into quantops.job_runs (job, runner) values ($1, $2) returning id", &[job.into(), runner.into()])
+        .unwrap_or_else(|e| crate::spi::failed(&format!("recording the start of job \"{job}\""), e).report_error())
+        .unwrap_or_default()
 }
 
 /// Records how a job run ended.
@@ -139,7 +137,9 @@ fn run_job(job: Option<&str>) -> Result<JsonB, ErrorReport> {
         return Err(JobError::Unknown(job.to_string()).into());
     }
     let started = std::time::Instant::now();
-    let runner: String = Spi::get_one("select 'sql:' || quantops._caller_role()").ok().flatten().unwrap_or_default();
+    let runner: String = crate::spi::read_one("select 'sql:' || quantops._caller_role()", &[])
+        .unwrap_or_else(|e| crate::spi::failed("reading the caller's role", e).report_error())
+        .unwrap_or_default();
     let id = begin_run(job, &runner);
     let result = execute(job);
     finish_run(id, &result);
@@ -162,7 +162,8 @@ fn run_job(job: Option<&str>) -> Result<JsonB, ErrorReport> {
 /// quantops at a glance: version, settings, workers alive, last run of each job, counts.
 #[pg_extern]
 fn status() -> JsonB {
-    let extra: Option<JsonB> = Spi::get_one_with_args(
+    // a read (never assigns a transaction id): status() works on a hot standby too
+    let extra: Option<JsonB> = crate::spi::read_one(
         r#"
         select pg_catalog.jsonb_build_object(
           'version', (select extversion from pg_catalog.pg_extension where extname = 'quantops'),
@@ -198,8 +199,7 @@ fn status() -> JsonB {
         "#,
         &[gucs::enabled().into(), gucs::database().into(), (gucs::naptime().as_secs() as i64).into(), crate::workers::preloaded().into()],
     )
-    .ok()
-    .flatten();
+    .unwrap_or_else(|e| crate::spi::failed("reading quantops' status", e).report_error());
     let mut v = extra.map(|j| j.0).unwrap_or_else(|| json!({}));
     // alive = a live process with a fresh heartbeat
     if let Some(ws) = v.get_mut("workers").and_then(|w| w.as_array_mut()) {

@@ -1,11 +1,15 @@
 //! `_gates_passed(key)` / `_gates_consume(key)`: promote() has just checked the gates of
 //! (model, alias, version) and is about to write the alias; the constraint trigger consumes the
 //! token instead of running the same queries again. The token lives in this backend only, for
-//! this transaction only (keyed by its local transaction id), is consumed once, and only the
-//! extension's owner may set it (EXECUTE is not granted to anyone), so a direct write by any role
-//! is always checked in full.
+//! this transaction only (keyed by its local transaction id), is consumed once, and only code
+//! running as the extension's owner may set or consume it: EXECUTE is granted to nobody, and both
+//! functions refuse (42501) a current user other than the owner, so neither a grant made later by
+//! mistake nor a role that holds one (Supabase's postgres may UPDATE an alias directly) can turn
+//! off the full check of its own direct write.
 
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 
 thread_local! {
@@ -25,18 +29,36 @@ fn lxid() -> u32 {
     }
 }
 
+/// Only promote() and the gates' trigger, both SECURITY DEFINER functions of the extension's
+/// owner, run as the owner.
+fn require_owner(what: &str) -> Result<(), ErrorReport> {
+    let owner = crate::spi::extension_owner().map_err(|e| crate::spi::failed("reading the extension's owner", e))?;
+    // SAFETY: reads a backend global
+    if unsafe { pg_sys::GetUserId() } != owner {
+        return Err(ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for function {what}"),
+            "quantops",
+        )
+        .set_detail("only quantops.promote() may vouch for the gates it has just checked"));
+    }
+    Ok(())
+}
+
 #[pg_extern(volatile, parallel_unsafe, name = "_gates_passed")]
-fn gates_passed(key: &str) -> bool {
+fn gates_passed(key: &str) -> Result<bool, ErrorReport> {
+    require_owner("_gates_passed")?;
     TOKEN.with(|t| *t.borrow_mut() = Some((lxid(), key.to_string())));
-    true
+    Ok(true)
 }
 
 #[pg_extern(volatile, parallel_unsafe, name = "_gates_consume")]
-fn gates_consume(key: &str) -> bool {
-    TOKEN.with(|t| {
+fn gates_consume(key: &str) -> Result<bool, ErrorReport> {
+    require_owner("_gates_consume")?;
+    Ok(TOKEN.with(|t| {
         let mut t = t.borrow_mut();
         let hit = matches!(&*t, Some((x, k)) if *x == lxid() && k == key);
         *t = None;
         hit
-    })
+    }))
 }

@@ -3,6 +3,7 @@
 //! `quantops.job_runs`. One short transaction per step; all state lives in tables, so a crash or
 //! kill -9 loses nothing and a restart resumes. The postmaster restarts it after a crash.
 
+use crate::spi::ReportError;
 use crate::{gucs, jobs};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -52,9 +53,8 @@ pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Res
 }
 
 fn extension_installed() -> bool {
-    Spi::get_one::<bool>("select exists (select 1 from pg_catalog.pg_extension where extname = 'quantops')")
-        .ok()
-        .flatten()
+    crate::spi::read_one::<bool>("select exists (select 1 from pg_catalog.pg_extension where extname = 'quantops')", &[])
+        .unwrap_or_else(|e| crate::spi::failed("looking for the extension", e).report_error())
         .unwrap_or(false)
 }
 
@@ -72,14 +72,14 @@ fn heartbeat(state: &str, started: &str) {
 
 /// Claims the next due job (moving its next_run_at forward) or returns None.
 fn claim_due_job() -> Option<String> {
-    Spi::get_one::<String>(
+    crate::spi::write_one::<String>(
         "update quantops.jobs j set next_run_at = pg_catalog.now() + j.run_every \
          where j.name = (select name from quantops.jobs where enabled and next_run_at <= pg_catalog.now() \
                          order by next_run_at limit 1 for update skip locked) \
          returning j.name",
+        &[],
     )
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| crate::spi::failed("claiming a due job", e).report_error())
 }
 
 #[pg_guard]
@@ -88,6 +88,19 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // The worker is a superuser session: no setting a database owner made (ALTER DATABASE ... SET
+    // search_path) may decide what its names and operators mean. pg_catalog first, pg_temp last;
+    // every quantops object it uses is schema-qualified.
+    // SAFETY: main thread of the worker, before any transaction; PGC_S_OVERRIDE wins over every
+    // other source for the rest of the process.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     log!("{NAME} started in database \"{db}\"");
     crate::workers::set_scheduler_pid(unsafe { pg_sys::MyProcPid });
     let started: String = in_transaction(|| Spi::get_one::<String>("select pg_catalog.now()::text").ok().flatten())
@@ -107,7 +120,13 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         if crate::workers::stopping() {
             break;
         }
-        let installed = in_transaction(extension_installed).unwrap_or(false);
+        let installed = match in_transaction(extension_installed) {
+            Ok(i) => i,
+            Err(e) => {
+                warning!("{NAME}: checking for the extension failed: {e}");
+                continue;
+            }
+        };
         if !installed {
             if !warned_missing {
                 log!("{NAME}: extension quantops is not installed in database \"{db}\"; waiting");
@@ -133,6 +152,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
                     &[],
                 );
             })
+            .map_err(|e| warning!("{NAME}: marking interrupted runs failed: {e}"))
             .is_ok();
         }
         let enabled = gucs::enabled();
@@ -149,7 +169,14 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
             if crate::workers::stopping() {
                 break;
             }
-            let Ok(Some(job)) = in_transaction(claim_due_job) else { break };
+            let job = match in_transaction(claim_due_job) {
+                Ok(Some(job)) => job,
+                Ok(None) => break,
+                Err(e) => {
+                    warning!("{NAME}: claiming a due job failed: {e}");
+                    break;
+                }
+            };
             run_one(&job);
         }
         // the embedding queue: drained continuously, woken at once when work is committed

@@ -26,7 +26,14 @@ pub fn connect(user: &str) -> Client {
     }
 }
 
+/// The bootstrap superuser of the Supabase-shaped cluster (supabase_admin): test setup, server
+/// settings, and reads that no API role may make.
 pub fn admin() -> Client {
+    connect("supabase_admin")
+}
+
+/// Supabase's `postgres` role as Studio and migrations use it: NOT a superuser.
+pub fn studio() -> Client {
     connect("postgres")
 }
 
@@ -61,10 +68,11 @@ pub fn new_user() -> String {
 
 /// One request as PostgREST makes it: connect as authenticator, BEGIN, set role and
 /// request.jwt.claims with set_config(..., true), run the statement, COMMIT. Any error rolls
-/// the whole request back. The postgres case is a direct superuser session (Studio, migrations).
+/// the whole request back. The postgres case is a direct session of Supabase's `postgres` role
+/// (Studio, migrations), which is not a superuser.
 pub fn request(who: &Who, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
     let mut c = match who {
-        Who::Postgres => admin(),
+        Who::Postgres => studio(),
         _ => connect("authenticator"),
     };
     let mut tx = c.transaction()?;
