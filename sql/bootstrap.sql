@@ -13,10 +13,13 @@
 create function quantops.uid() returns uuid
 language sql stable parallel safe
 as $$
+  -- CASE with a qualified operator, not NULLIF: NULLIF looks up "=" on the search_path
   select coalesce(
-    nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb
-       operator(pg_catalog.->>) 'sub')
+    case when pg_catalog.current_setting('request.jwt.claim.sub', true) operator(pg_catalog.=) '' then null
+         else pg_catalog.current_setting('request.jwt.claim.sub', true) end,
+    (case when pg_catalog.current_setting('request.jwt.claims', true) operator(pg_catalog.=) '' then null
+          else pg_catalog.current_setting('request.jwt.claims', true) end)::pg_catalog.jsonb
+       operator(pg_catalog.->>) 'sub'
   )::pg_catalog.uuid
 $$;
 comment on function quantops.uid() is

@@ -204,93 +204,103 @@ fn role_matrix_writes() {
         "42501",
         "permission denied",
     );
-    // and nobody, not even postgres, changes or removes an audit row
-    expect_err(request(&Who::Postgres, "delete from quantops.audit_log", &[]), "42501", "append-only");
-    expect_err(request(&Who::Postgres, "update quantops.audit_log set outcome = 'ok'", &[]), "42501", "append-only");
-    expect_err(request(&Who::Postgres, "truncate quantops.audit_log", &[]), "42501", "append-only");
+    // Supabase's postgres has no write grant on it either
+    expect_err(request(&Who::Postgres, "delete from quantops.audit_log", &[]), "42501", "permission denied");
+    expect_err(request(&Who::Postgres, "update quantops.audit_log set outcome = 'ok'", &[]), "42501", "permission denied");
+    // and nobody, not even the table's owner (the superuser supabase_admin), changes or removes
+    // an audit row: the append-only triggers fire for every role
+    for sql in ["delete from quantops.audit_log", "update quantops.audit_log set outcome = 'ok'", "truncate quantops.audit_log"] {
+        let mut c = admin();
+        let mut tx = c.transaction().unwrap();
+        let e = tx.batch_execute(sql).unwrap_err();
+        let db = e.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "42501", "{sql}");
+        assert!(db.message().contains("append-only"), "{sql}: {}", db.message());
+    }
 }
 
-/// Expected EXECUTE rights on every function: [anon, authenticated, service_role].
-fn function_rules() -> BTreeMap<&'static str, [bool; 3]> {
+/// Expected EXECUTE rights on every function: [anon, authenticated, service_role, postgres].
+/// Supabase's postgres (not a superuser) gets the service_role tier plus configure() and
+/// set_artifact_check(), never an internal helper that no caller-rights routine of its tier needs.
+fn function_rules() -> BTreeMap<&'static str, [bool; 4]> {
     BTreeMap::from([
-        ("uid()", [true, true, true]),
-        ("_caller_role()", [false, false, true]),
-        ("_finite(double precision)", [false, true, true]),
-        ("_finite_array(double precision[])", [false, true, true]),
-        ("_touch_updated_at()", [false, false, false]),
-        ("_audit_payload(quantops.audit_log)", [false, false, true]),
-        ("_audit_chain()", [false, false, false]),
-        ("_append_only()", [false, false, false]),
-        ("_audit_digest(bytea,text)", [false, false, false]),
-        ("grant_roles()", [false, false, false]),
-        ("configure(integer,integer,text)", [false, false, false]),
-        ("redact_secrets(jsonb)", [false, true, true]),
-        ("log_tool_call(text,text,uuid,jsonb,text,jsonb,text)", [false, true, true]),
-        ("log_flow_run(text,text,uuid,jsonb,text,jsonb)", [false, false, true]),
-        ("verify_audit(text)", [false, false, true]),
-        ("status()", [false, false, true]),
-        ("run_job(text)", [false, false, true]),
-        ("_embedders_immutable()", [false, false, false]),
-        ("_embedding_enqueue()", [false, false, false]),
-        ("_wake_worker()", [false, false, false]),
-        ("embedding_asof(bigint,timestamp with time zone)", [false, true, true]),
-        ("register_embedder(text,text,integer,jsonb,boolean)", [false, false, true]),
-        ("set_embedder(text,integer)", [false, false, true]),
-        ("refresh_embeddings(bigint,bigint,bigint)", [false, false, true]),
-        ("sweep_embeddings()", [false, false, true]),
-        ("retry_failed(text,text)", [false, false, true]),
-        ("embedding_input_hash(text,integer,text,text,jsonb,double precision[],text,text[])", [false, false, true]),
-        ("set_retention(text,text,text,interval,integer,boolean)", [false, false, true]),
-        ("drop_retention(text)", [false, false, true]),
-        ("_prune_pick(quantops.retention_policies,quantops.prune_state,integer)", [false, false, false]),
-        ("_prune_start(text)", [false, false, true]),
-        ("prune_batch(text,integer)", [false, false, true]),
-        ("prune_plan(text)", [false, false, true]),
-        ("restore_archived(bigint[],text,integer)", [false, false, true]),
-        ("_prune_record(bigint,bigint,jsonb)", [false, false, true]),
-        ("_prune_health()", [false, false, true]),
-        ("_index_state()", [false, false, false]),
-        ("prune(boolean,integer,bigint,text,jsonb)", [false, false, true]),
-        ("match_signals(vector,integer,jsonb,timestamp with time zone)", [false, true, true]),
-        ("_text_list(jsonb,text)", [false, true, true]),
-        ("_index_health(oid,boolean,integer,integer,double precision,integer)", [false, false, true]),
-        ("index_health(regclass,boolean,integer,integer,double precision,integer)", [false, false, true]),
-        ("_maintain_index(oid,boolean,boolean)", [false, false, true]),
-        ("maintain_index(regclass,boolean,boolean)", [false, false, true]),
-        ("_model(text)", [false, false, false]),
-        ("_gate_violations(bigint,integer,text)", [false, false, false]),
-        ("_artifact_exists(text,text)", [false, false, false]),
-        ("_alias_gates()", [false, false, false]),
-        ("_alias_moved()", [false, false, false]),
-        ("_alias_history_guard()", [false, false, false]),
-        ("create_model(text,text,text)", [false, false, true]),
-        ("register_model_version(text,text,text,jsonb,text,text)", [false, false, true]),
-        ("promote(text,integer,text,integer,text)", [false, false, true]),
-        ("rollback(text,text)", [false, false, true]),
-        ("alias_asof(text,text,timestamp with time zone)", [false, true, true]),
-        ("set_promotion_policy(text,text,double precision,double precision,integer,interval,double precision,double precision,boolean)", [false, false, true]),
-        ("set_artifact_check(text)", [false, false, false]),
-        ("artifacts_to_delete(interval)", [false, false, true]),
-        ("consume_events(text,integer,integer)", [false, false, true]),
-        ("ack_event(bigint,text)", [false, false, true]),
-        ("record_backtest(text,text,timestamp with time zone,timestamp with time zone,double precision,double precision,double precision,double precision,double precision,double precision,double precision,integer,jsonb,text,integer,text)", [false, false, true]),
-        ("discover(text,text)", [false, true, true]),
-        ("backtest_metrics(double precision[],integer,double precision)", [false, true, true]),
-        ("flag_enabled(text,jsonb)", [true, true, true]),
-        ("evaluate_flag(text,jsonb)", [true, true, true]),
-        ("require_flag(text,jsonb)", [true, true, true]),
-        ("_flag_exposure(text,text,boolean,text,text,jsonb)", [true, true, true]),
-        ("set_flag(text,jsonb)", [false, false, true]),
-        ("kill_flag(text,boolean)", [false, false, true]),
-        ("drop_flag(text)", [false, false, true]),
-        ("_flag_check(text,jsonb)", [false, false, false]),
-        ("_flags_invalidate()", [false, false, false]),
-        ("_flags_validate()", [false, false, false]),
-        ("_flags_changed()", [false, false, false]),
-        ("_flags_truncated()", [false, false, false]),
-        ("_flag_bench_rust(bigint)", [false, false, false]),
-        ("_gates_passed(text)", [false, false, false]),
-        ("_gates_consume(text)", [false, false, false]),
+        ("uid()", [true, true, true, true]),
+        ("_caller_role()", [false, false, true, true]),
+        ("_finite(double precision)", [false, true, true, true]),
+        ("_finite_array(double precision[])", [false, true, true, true]),
+        ("_touch_updated_at()", [false, false, false, false]),
+        ("_audit_payload(quantops.audit_log)", [false, false, true, true]),
+        ("_audit_chain()", [false, false, false, false]),
+        ("_append_only()", [false, false, false, false]),
+        ("_audit_digest(bytea,text)", [false, false, false, false]),
+        ("grant_roles()", [false, false, false, false]),
+        ("configure(integer,integer,text)", [false, false, false, true]),
+        ("redact_secrets(jsonb)", [false, true, true, true]),
+        ("log_tool_call(text,text,uuid,jsonb,text,jsonb,text)", [false, true, true, true]),
+        ("log_flow_run(text,text,uuid,jsonb,text,jsonb)", [false, false, true, true]),
+        ("verify_audit(text)", [false, false, true, true]),
+        ("status()", [false, false, true, true]),
+        ("run_job(text)", [false, false, true, true]),
+        ("_embedders_immutable()", [false, false, false, false]),
+        ("_embedding_enqueue()", [false, false, false, false]),
+        ("_wake_worker()", [false, false, false, false]),
+        ("embedding_asof(bigint,timestamp with time zone)", [false, true, true, true]),
+        ("register_embedder(text,text,integer,jsonb,boolean)", [false, false, true, true]),
+        ("set_embedder(text,integer)", [false, false, true, true]),
+        ("refresh_embeddings(bigint,bigint,bigint)", [false, false, true, true]),
+        ("sweep_embeddings()", [false, false, true, true]),
+        ("retry_failed(text,text)", [false, false, true, true]),
+        ("embedding_input_hash(text,integer,text,text,jsonb,double precision[],text,text[])", [false, false, true, true]),
+        ("set_retention(text,text,text,interval,integer,boolean)", [false, false, true, true]),
+        ("drop_retention(text)", [false, false, true, true]),
+        ("_prune_pick(quantops.retention_policies,quantops.prune_state,integer)", [false, false, false, false]),
+        ("_prune_start(text)", [false, false, true, true]),
+        ("prune_batch(text,integer)", [false, false, true, true]),
+        ("prune_plan(text)", [false, false, true, true]),
+        ("restore_archived(bigint[],text,integer)", [false, false, true, true]),
+        ("_prune_record(bigint,bigint,jsonb)", [false, false, true, true]),
+        ("_prune_health()", [false, false, true, true]),
+        ("_index_state()", [false, false, false, false]),
+        ("prune(boolean,integer,bigint,text,jsonb)", [false, false, true, true]),
+        ("match_signals(vector,integer,jsonb,timestamp with time zone)", [false, true, true, true]),
+        ("_text_list(jsonb,text)", [false, true, true, true]),
+        ("_index_health(oid,boolean,integer,integer,double precision,integer)", [false, false, true, true]),
+        ("index_health(regclass,boolean,integer,integer,double precision,integer)", [false, false, true, true]),
+        ("_maintain_index(oid,boolean,boolean)", [false, false, true, true]),
+        ("maintain_index(regclass,boolean,boolean)", [false, false, true, true]),
+        ("_model(text)", [false, false, false, false]),
+        ("_gate_violations(bigint,integer,text)", [false, false, false, false]),
+        ("_artifact_exists(text,text)", [false, false, false, false]),
+        ("_alias_gates()", [false, false, false, false]),
+        ("_alias_moved()", [false, false, false, false]),
+        ("_alias_history_guard()", [false, false, false, false]),
+        ("create_model(text,text,text)", [false, false, true, true]),
+        ("register_model_version(text,text,text,jsonb,text,text)", [false, false, true, true]),
+        ("promote(text,integer,text,integer,text)", [false, false, true, true]),
+        ("rollback(text,text)", [false, false, true, true]),
+        ("alias_asof(text,text,timestamp with time zone)", [false, true, true, true]),
+        ("set_promotion_policy(text,text,double precision,double precision,integer,interval,double precision,double precision,boolean)", [false, false, true, true]),
+        ("set_artifact_check(text)", [false, false, false, true]),
+        ("artifacts_to_delete(interval)", [false, false, true, true]),
+        ("consume_events(text,integer,integer)", [false, false, true, true]),
+        ("ack_event(bigint,text)", [false, false, true, true]),
+        ("record_backtest(text,text,timestamp with time zone,timestamp with time zone,double precision,double precision,double precision,double precision,double precision,double precision,double precision,integer,jsonb,text,integer,text)", [false, false, true, true]),
+        ("discover(text,text)", [false, true, true, true]),
+        ("backtest_metrics(double precision[],integer,double precision)", [false, true, true, true]),
+        ("flag_enabled(text,jsonb)", [true, true, true, true]),
+        ("evaluate_flag(text,jsonb)", [true, true, true, true]),
+        ("require_flag(text,jsonb)", [true, true, true, true]),
+        ("set_flag(text,jsonb)", [false, false, true, true]),
+        ("kill_flag(text,boolean)", [false, false, true, true]),
+        ("drop_flag(text)", [false, false, true, true]),
+        ("_flag_check(text,jsonb)", [false, false, false, false]),
+        ("_flags_invalidate()", [false, false, false, false]),
+        ("_flags_validate()", [false, false, false, false]),
+        ("_flags_changed()", [false, false, false, false]),
+        ("_flags_truncated()", [false, false, false, false]),
+        ("_flag_bench_rust(bigint)", [false, false, false, false]),
+        ("_gates_passed(text)", [false, false, false, false]),
+        ("_gates_consume(text)", [false, false, false, false]),
     ])
 }
 
@@ -311,7 +321,7 @@ fn role_matrix_execute_on_every_function() {
         let key = sig.trim_start_matches("quantops.").replace(", ", ",");
         let expect = rules.get(key.as_str()).unwrap_or_else(|| panic!("{sig} has no row in the role matrix"));
         seen.insert(key.clone());
-        for (i, role) in ["anon", "authenticated", "service_role"].iter().enumerate() {
+        for (i, role) in ["anon", "authenticated", "service_role", "postgres"].iter().enumerate() {
             let ok: bool = c
                 .query_one("select has_function_privilege($1, $2::text::regprocedure, 'EXECUTE')", &[role, &sig])
                 .unwrap()
@@ -328,10 +338,14 @@ fn role_matrix_execute_on_every_function() {
             .unwrap()
             .get(0);
         assert!(!public, "{sig} is executable by PUBLIC");
-        // SECURITY DEFINER only with an empty search_path
+        // SECURITY DEFINER only with search_path pinned to pg_catalog first and pg_temp last (an
+        // empty path would search pg_temp first for types)
         let (secdef, config): (bool, String) = (r.get(1), r.get(2));
         if secdef {
-            assert!(config.contains("search_path=\"\""), "{sig} is SECURITY DEFINER without search_path = ''");
+            assert!(
+                config.contains("search_path=pg_catalog, pg_temp"),
+                "{sig} is SECURITY DEFINER without search_path = pg_catalog, pg_temp: {config}"
+            );
         }
     }
     assert_eq!(seen.len(), rules.len(), "the role matrix names a function that does not exist");
@@ -380,7 +394,7 @@ fn role_matrix_calls_through_postgrest() {
                 Who::Anon => rules[key][0],
                 Who::User(_) => rules[key][1],
                 Who::ServiceRole => rules[key][2],
-                Who::Postgres => true,
+                Who::Postgres => rules[key][3],
             };
             let r = request(&who, sql, &[]);
             if !allowed {

@@ -1,20 +1,19 @@
 //! The Supabase CLI test: the real `supabase` CLI (npm supabase@2.117.0, installed by
-//! scripts/bootstrap.sh) applies supabase/migrations and supabase/seed.sql to the local cluster
-//! with `db push --include-seed`, then `db reset`; both must succeed and leave the same database.
-//! `db lint` and `db advisors` (security) must find nothing in quantops.
+//! scripts/bootstrap.sh), connected as Supabase's non-superuser `postgres`, applies
+//! supabase/migrations and supabase/seed.sql to the Supabase-shaped cluster with
+//! `db push --include-seed`, again to a fresh cluster, then once more (nothing to apply); each
+//! leaves the same database. `db lint` and `db advisors` (security) must find nothing in quantops.
 
 mod common;
 
 use common::*;
 use std::process::Command;
 
-/// Runs the CLI against the cluster as `user`: postgres (Studio's role, not a superuser) for
-/// what Supabase lets it do; supabase_admin for `db reset`, which drops and recreates extensions:
-/// on Supabase's image supautils runs that as supabase_admin for postgres, and supautils is not
-/// here.
-fn cli_as(user: &str, args: &[&str]) -> (bool, String) {
+/// Runs the CLI against the cluster as Supabase's `postgres` (not a superuser), as the CLI does
+/// on every Supabase project (it even runs `SET SESSION ROLE postgres` when given a superuser).
+fn cli(args: &[&str]) -> (bool, String) {
     let root = env!("CARGO_MANIFEST_DIR");
-    let url = format!("postgresql://{user}@127.0.0.1:{}/postgres?sslmode=disable", port());
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres?sslmode=disable", port());
     let mut full: Vec<&str> = args.to_vec();
     full.extend(["--db-url", &url]);
     let out = Command::new(format!("{root}/tools/node_modules/.bin/supabase"))
@@ -28,8 +27,9 @@ fn cli_as(user: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn cli(args: &[&str]) -> (bool, String) {
-    cli_as("postgres", args)
+fn cluster(cmd: &str) {
+    let ok = Command::new("bash").args([concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"), cmd]).status().unwrap();
+    assert!(ok.success(), "scripts/cluster.sh {cmd}");
 }
 
 fn assert_seeded(what: &str) {
@@ -67,17 +67,18 @@ fn supabase_cli_push_then_reset_then_lint() {
     assert!(ok, "supabase db push failed:\n{out}");
     assert_seeded("after db push");
 
-    let (ok, out) = cli_as("supabase_admin", &["db", "reset", "--yes"]);
-    assert!(ok, "supabase db reset failed:\n{out}");
-    assert_seeded("after db reset");
+    // `supabase db reset` drops every extension as postgres: on Supabase's image supautils runs
+    // that DROP as supabase_admin, and supautils (a C module) is not here. Its effect, a fresh
+    // database with the migrations and seed applied again, is a fresh cluster shaped like the
+    // image (extensions created as supabase_admin) and the same push.
+    cluster("reset");
+    let (ok, out) = cli(&["db", "push", "--include-seed", "--yes"]);
+    assert!(ok, "supabase db push on a fresh database failed:\n{out}");
+    assert_seeded("after a push to a fresh database");
+    let (ok, out) = cli(&["db", "push", "--include-seed", "--yes"]);
+    assert!(ok && !out.contains("Applying migration"), "a second push applies nothing:\n{out}");
+    assert_seeded("after a second push");
 
-    // the grants that supautils' after-create script gives postgres on pg_cron, gone with the
-    // reset's recreated extension, come back as the image has them
-    let shape = std::process::Command::new("bash")
-        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh"), "shape"])
-        .status()
-        .unwrap();
-    assert!(shape.success(), "scripts/cluster.sh shape");
     // db lint uses plpgsql_check; Supabase keeps extensions out of public
     admin().batch_execute("create extension if not exists plpgsql_check with schema extensions").unwrap();
     let (ok, out) = cli(&["db", "lint", "--schema", "quantops", "--level", "warning", "--fail-on", "warning"]);

@@ -117,6 +117,9 @@ create table if not exists auth.users (
   updated_at  timestamptz default now()
 );
 
+-- seeds insert users as postgres (Supabase grants it the auth tables)
+grant all on auth.users to postgres, service_role;
+
 create table if not exists storage.buckets (
   id                  text primary key,
   name                text not null,
