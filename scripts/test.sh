@@ -42,4 +42,5 @@ cargo test --features integration --test prune -- --test-threads=1
 cargo test --features integration --test registry -- --test-threads=1
 cargo test --features integration --test flags -- --test-threads=1
 cargo test --features integration --test integration -- --test-threads=1
+cargo test --features integration --test security -- --test-threads=1
 cargo test --features integration --test hostile -- --test-threads=1

@@ -506,3 +506,170 @@ fn embedding_errors_have_their_sqlstates_and_change_nothing() {
     assert_eq!(db.code().code(), "55000");
     assert!(db.detail().unwrap().contains("never inside an open transaction"));
 }
+
+/// Puts the cluster's allowlist back (127.0.0.1), whatever a test did to it.
+struct RestoreAllowlist;
+
+impl Drop for RestoreAllowlist {
+    fn drop(&mut self) {
+        let mut a = admin();
+        let _ = a.batch_execute("alter system set quantops.embedding_allowed_hosts = '127.0.0.1'");
+        let _ = a.batch_execute("select pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The worker is a superuser process holding the provider's key: whoever may register an
+/// embedder never chooses where it connects. quantops.embedding_allowed_hosts (superuser-only,
+/// reloaded) names the hosts; a key goes only over https or to loopback; the worker checks again
+/// before every request.
+#[test]
+fn egress_only_to_allowed_hosts_and_keys_only_over_https() {
+    let fake = Fake::start();
+    let _restore = Restore;
+    let _allowlist = RestoreAllowlist;
+    let sr = Who::ServiceRole;
+    let name = format!("egress-{}", &new_user()[..8]);
+    let reg = |url: &str, extra: &str| {
+        request(
+            &sr,
+            &format!(
+                "select quantops.register_embedder('{name}', 'http', 384, '{{\"url\": \"{url}\", \"model\": \"m\"{extra}}}')"
+            ),
+            &[],
+        )
+    };
+    // not on the allowlist (the cluster allows 127.0.0.1 only): 42501, nothing registered
+    expect_err(reg("http://169.254.169.254/latest/meta-data", ""), "42501", "not in quantops.embedding_allowed_hosts");
+    expect_err(reg("https://api.openai.com/v1/embeddings", ""), "42501", "\"api.openai.com\"");
+    // no credentials in a url
+    expect_err(reg("http://user:pw@127.0.0.1:1/v1/embeddings", ""), "22023", "credentials");
+    // a host on the allowlist that is not this machine gets a key only over https
+    let mut a = admin();
+    let allow = |hosts: &str| {
+        let mut a = admin();
+        a.batch_execute(&format!("alter system set quantops.embedding_allowed_hosts = '{hosts}'")).unwrap();
+        a.batch_execute("select pg_reload_conf()").unwrap();
+    };
+    allow("127.0.0.1, embed.internal");
+    std::thread::sleep(Duration::from_millis(300));
+    expect_err(reg("http://embed.internal/v1/embeddings", ", \"api_key_secret\": \"openai\""), "22023", "only over https");
+    let ok = reg("https://embed.internal/v1/embeddings", ", \"api_key_secret\": \"openai\"");
+    assert!(ok.is_ok(), "{ok:?}");
+    allow("127.0.0.1");
+    let n: i64 = a.query_one("select count(*) from quantops.embedders where name = $1", &[&name]).unwrap().get(0);
+    assert_eq!(n, 1, "only the https registration went in");
+    // the worker checks at every request: with the fake's host taken off the list, nothing is
+    // sent, the run fails naming the host, and the rows stay queued
+    let t = tag();
+    let params = format!(r#"{{"url": "{}", "model": "fake-embed-1", "template": "{{rationale}}", "timeout_ms": 2000}}"#, fake.url());
+    a.query_one("select quantops.register_embedder('it-http', 'http', 384, $1::text::jsonb)", &[&params]).unwrap();
+    insert_signals(&t, &[format!("{t} a"), format!("{t} b")]);
+    allow("api.openai.com");
+    std::thread::sleep(Duration::from_millis(500));
+    a.query_one("select quantops.set_embedder('it-http')", &[]).unwrap();
+    let sent_before = fake.stats()["requests"].as_i64().unwrap();
+    let err: String = wait_for("a failed refresh naming the host", Duration::from_secs(30), || {
+        admin()
+            .query_opt(
+                "select error from quantops.job_runs where job = 'refresh-embeddings' and status = 'failed' \
+                 and error like '%not in quantops.embedding_allowed_hosts%' and started_at > now() - interval '1 minute' limit 1",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    assert!(err.contains("\"127.0.0.1\""), "{err}");
+    assert_eq!(fake.stats()["requests"].as_i64().unwrap(), sent_before, "a request went to a host no longer allowed");
+    let (done, _dead, queued) = progress(&t, "it-http");
+    assert_eq!((done, queued), (0, 2));
+    allow("127.0.0.1");
+}
+
+/// A provider's answer never reaches a table (service_role reads the dead letters): only its
+/// status, length and a digest; and a redirect is not followed (the allowlist names hosts).
+#[test]
+fn provider_bodies_are_not_stored_and_redirects_are_not_followed() {
+    let fake = Fake::start();
+    let _restore = Restore;
+    let t = tag();
+    use_http_embedder(&fake, 8, r#""timeout_ms": 2000, "max_attempts": 2"#);
+    insert_signals(&t, &[format!("{t} [leak]"), format!("{t} [redirect]"), format!("{t} fine")]);
+    let (done, dead) = wait_settled(&t, "it-http", 3, 60);
+    assert_eq!((done, dead), (1, 2));
+    let mut c = admin();
+    let rows = c
+        .query(
+            "select s.rationale, f.error from quantops.embedding_failures f join quantops.signal_embeddings s on s.id = f.signal_id \
+             where s.strategy = $1 order by 1",
+            &[&t],
+        )
+        .unwrap();
+    for r in &rows {
+        let (what, err): (String, String) = (r.get(0), r.get(1));
+        assert!(!err.contains("SECRET") && !err.contains("10.1.2.3"), "{what}: the body was stored: {err}");
+        if what.contains("[leak]") {
+            assert!(err.contains("provider answered 400 (body: ") && err.contains("sha256 "), "{err}");
+        } else {
+            assert!(err.contains("307") && err.contains("redirect"), "{err}");
+        }
+    }
+    assert_eq!(fake.stats().get("elsewhere").and_then(|v| v.as_i64()).unwrap_or(0), 0, "the redirect was followed");
+}
+
+/// A fast shutdown (SIGTERM) in the middle of a slow provider request stops the worker within a
+/// second; the leased rows are given back and embedded after the restart.
+#[test]
+fn sigterm_during_a_slow_request_stops_the_worker_within_a_second() {
+    let fake = Fake::start();
+    let _restore = Restore;
+    let t = tag();
+    use_http_embedder(&fake, 8, r#""timeout_ms": 60000"#);
+    let slow = format!("{t} [sleep30] slow");
+    insert_signals(&t, std::slice::from_ref(&slow));
+    wait_for("the slow request in flight", Duration::from_secs(60), || {
+        (fake.stats()["seen"][&slow].as_i64().unwrap_or(0) >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let pid: i32 = admin()
+        .query_one("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[])
+        .unwrap()
+        .get(0);
+    // after the restart the worker stays idle until the queue is read (the setting takes effect
+    // at the start); put back whatever happens
+    struct Enable;
+    impl Drop for Enable {
+        fn drop(&mut self) {
+            let root = env!("CARGO_MANIFEST_DIR");
+            let _ = Command::new("bash").args([&format!("{root}/scripts/cluster.sh"), "start"]).status();
+            let mut a = admin();
+            let _ = a.batch_execute("alter system reset quantops.enabled");
+            let _ = a.batch_execute("select pg_reload_conf()");
+        }
+    }
+    let _enable = Enable;
+    admin().batch_execute("alter system set quantops.enabled = off").unwrap();
+    let t0 = std::time::Instant::now();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let stop = std::thread::spawn(move || Command::new("bash").args([&format!("{root}/scripts/cluster.sh"), "stop", "fast"]).status());
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t0.elapsed();
+    assert!(stop.join().unwrap().unwrap().success());
+    assert!(took < Duration::from_secs(1), "the worker took {took:?} to stop after SIGTERM");
+    assert!(Command::new("bash").args([&format!("{root}/scripts/cluster.sh"), "start"]).status().unwrap().success());
+    // the row was given back, not dead-lettered, and its attempt did not count
+    let (attempts, dead): (i32, i64) = {
+        let r = admin()
+            .query_one(
+                "select coalesce(max(q.attempts), -1), (select count(*) from quantops.embedding_failures f join quantops.signal_embeddings s \
+                   on s.id = f.signal_id where s.strategy = $1) \
+                 from quantops.embedding_queue q join quantops.signal_embeddings s on s.id = q.signal_id where s.strategy = $1",
+                &[&t],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((attempts, dead), (0, 0), "the interrupted row is queued again with its attempts as before");
+}

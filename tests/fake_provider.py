@@ -10,8 +10,11 @@ It behaves like a real one, including its failures, chosen by markers in the inp
   [slowxN]     the first N requests containing it take longer than any test's timeout
   [sleepN]     the request sleeps N seconds, then answers
   [always500]  every request containing it gets 500
+  [leak]       the request is refused with 400 and a body that echoes a secret-looking text
+  [redirect]   the request is answered 307 to /elsewhere on this server (a client that follows
+               it shows up in stats["elsewhere"])
 Vectors are deterministic: Gaussian, seeded with sha256 of the text, L2-normalised.
-GET /stats returns counts; it stops by itself after --lifetime seconds (bounded, loopback only).
+GET /stats returns counts (stats["seen"]: requests received so far per marker-bearing input); it stops by itself after --lifetime seconds (bounded, loopback only).
 Prints its port on the first line of stdout.
 """
 import hashlib, json, math, random, re, sys, threading, time
@@ -52,6 +55,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, json.dumps(stats))
 
     def do_POST(self):
+        if self.path.startswith("/elsewhere"):
+            with lock:
+                stats["elsewhere"] = stats.get("elsewhere", 0) + 1
+            return self.send(200, json.dumps({"object": "list", "data": []}))
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         dims = int(body.get("dimensions", DIMS))
@@ -62,6 +69,7 @@ class Handler(BaseHTTPRequestHandler):
             for t in inputs:
                 if "[" in t:
                     seen[t] = seen.get(t, 0) + 1
+                    stats.setdefault("seen", {})[t] = seen[t]
                 counts[t] = seen.get(t, 0)
         for t in inputs:
             m = re.search(r"\[sleep(\d+)\]", t)
@@ -83,6 +91,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(500, json.dumps({"error": {"message": "fake outage"}}))
             if "[400]" in t:
                 return self.send(400, json.dumps({"error": {"message": "invalid input"}}))
+            if "[leak]" in t:
+                return self.send(400, json.dumps({"error": {"message": "SECRET-BODY internal host 10.1.2.3 says no"}}))
+            if "[redirect]" in t:
+                return self.send(307, "{}", {"Location": "http://127.0.0.1:%d/elsewhere" % self.server.server_address[1]})
         data = []
         for i, t in enumerate(inputs):
             v = vector(t, dims - 1 if "[baddim]" in t else dims)

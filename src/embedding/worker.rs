@@ -15,42 +15,58 @@ use std::time::{Duration, Instant};
 const DRAIN_BUDGET: Duration = Duration::from_secs(20);
 
 thread_local! {
-    /// after a failed drain, wait before the next one instead of failing every naptime
-    static PAUSED_UNTIL: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    /// after a failed drain, wait before the next one instead of failing every naptime; a pause
+    /// applies to the embedder that failed (name, version), not to one activated since
+    static PAUSED: std::cell::RefCell<Option<(Instant, Option<(String, i32)>)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn paused(who: Option<(&str, i32)>) -> bool {
+    PAUSED.with(|p| {
+        matches!(&*p.borrow(), Some((until, e)) if Instant::now() < *until
+            && (e.is_none() || e.as_ref().map(|(n, v)| (n.as_str(), *v)) == who))
+    })
+}
+
+fn pause(who: Option<(&str, i32)>) {
+    PAUSED.with(|p| *p.borrow_mut() = Some((Instant::now() + Duration::from_secs(30), who.map(|(n, v)| (n.to_string(), v)))));
 }
 
 /// Drains ready work, recording the run in job_runs when there was any. Returns rows handled.
 pub fn drain() -> i64 {
-    if PAUSED_UNTIL.with(|p| p.get()).is_some_and(|t| Instant::now() < t) {
+    if paused(None) {
         return 0;
     }
     // an error here is logged once a pause, never mistaken for "nothing to do"
-    let pause = |what: &str, m: String| {
+    let stop = |what: &str, m: String| {
         warning!("quantops: the embedding refresh {what}: {m}");
-        PAUSED_UNTIL.with(|p| p.set(Some(Instant::now() + Duration::from_secs(30))));
+        pause(None);
         0
     };
     let e = match in_transaction(sql::active) {
         Ok(Ok(Some(e))) => e,
         Ok(Ok(None)) => return 0,
-        Ok(Err(err)) => return pause("cannot use the active embedder", err.to_string()),
-        Err(m) => return pause("could not read the active embedder", m),
+        Ok(Err(err)) => return stop("cannot use the active embedder", err.to_string()),
+        Err(m) => return stop("could not read the active embedder", m),
     };
+    if paused(Some((&e.name, e.version))) {
+        return 0;
+    }
     let ready = match in_transaction(sql::ready_count) {
         Ok(n) => n,
-        Err(m) => return pause("could not read the queue", m),
+        Err(m) => return stop("could not read the queue", m),
     };
     if ready == 0 {
         return 0;
     }
     let run_id = match in_transaction(|| jobs::sql::begin_run("refresh-embeddings", "worker")) {
         Ok(id) => id,
-        Err(m) => return pause("could not record its start", m),
+        Err(m) => return stop("could not record its start", m),
     };
     let t0 = Instant::now();
     let mut total = BatchOutcome::default();
     let mut error = None;
     while t0.elapsed() < DRAIN_BUDGET && !crate::workers::stopping() {
+        crate::workers::reload_if_asked();
         let step = if e.is_builtin() {
             let e2 = e.clone();
             // up to 5 batches of 2,000 a transaction, pipelined (embed the next while writing one)
@@ -81,7 +97,7 @@ pub fn drain() -> i64 {
                              "unchanged": total.unchanged, "failed": total.failed }),
         }),
         Some(m) => {
-            PAUSED_UNTIL.with(|p| p.set(Some(Instant::now() + Duration::from_secs(30))));
+            pause(Some((&e.name, e.version)));
             Err(m)
         }
     };

@@ -38,6 +38,16 @@ pub fn stopping() -> bool {
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
 }
 
+/// Applies a changed configuration (SIGHUP) now: the main loop calls it at every pass, and a
+/// long job (an embedding drain) between its steps, so a superuser's reload (a smaller egress
+/// allowlist, say) takes effect within a step, not after the job.
+pub fn reload_if_asked() {
+    if pgrx::bgworkers::BackgroundWorker::sighup_received() {
+        // SAFETY: the worker's main thread, between transactions
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
 /// True when a scheduler worker has announced itself in shared memory.
 pub fn scheduler_running() -> bool {
     preloaded() && SCHEDULER_PID.get().load(Ordering::SeqCst) > 0

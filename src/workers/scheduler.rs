@@ -112,11 +112,13 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
 
     // the first pass runs at once; later ones after each naptime (or a wake-up)
     let mut first = true;
-    while first || (BackgroundWorker::wait_latch(Some(gucs::naptime())) && !crate::workers::stopping()) {
+    // stopping() first: a wait inside a job (the HTTP step's) may have consumed the latch that
+    // SIGTERM set, and the naptime must not be slept through after a stop was asked for
+    while first
+        || (!crate::workers::stopping() && BackgroundWorker::wait_latch(Some(gucs::naptime())) && !crate::workers::stopping())
+    {
         first = false;
-        if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
+        crate::workers::reload_if_asked();
         if crate::workers::stopping() {
             break;
         }
