@@ -66,7 +66,7 @@ q -c "drop table if exists bench_pre" -c "create table bench_pre as select id, e
 
 # B: the external Python worker
 gen
-DSN="host=127.0.0.1 port=$PORT user=postgres dbname=qo_bench"
+DSN="host=127.0.0.1 port=$PORT user=supabase_admin dbname=qo_bench"
 read -r B_ROWS B_SEC < <(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$VENV/bin/python" bench/embedding_baseline.py "$DSN" "$PARAMS" $DIMS 10000)
 [ "$B_ROWS" = "$ROWS" ] || { echo "B embedded $B_ROWS rows" >&2; exit 1; }
 # same embedding: compare B's vectors with A's

@@ -89,7 +89,8 @@ shape() {
   [ "$SHAPE" = supabase ] || return 0
   as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U supabase_admin -d postgres \
     -f "$ROOT/scripts/sql/supabase_shape.sql" >/dev/null
-  if [ -f "$("$BIN/pg_config" --sharedir)/extension/quantops.control" ]; then
+  # QUANTOPS_NO_EXTENSION=1: leave quantops out (the upgrade check creates an older version)
+  if [ "${QUANTOPS_NO_EXTENSION:-0}" != 1 ] && [ -f "$("$BIN/pg_config" --sharedir)/extension/quantops.control" ]; then
     as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U supabase_admin -d postgres \
       -c "set client_min_messages = warning" -c "create extension if not exists quantops" >/dev/null
   fi

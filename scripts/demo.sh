@@ -8,10 +8,14 @@ export PATH=$HOME/.cargo/bin:$PATH
 bash scripts/bootstrap.sh
 echo "[demo] building and installing quantops"
 bash scripts/install.sh
-bash scripts/cluster.sh start
-URL=$(bash scripts/cluster.sh url)
-echo "[demo] supabase db reset: migrations and seed through the Supabase CLI"
-tools/node_modules/.bin/supabase db reset --db-url "$URL" --yes 2>&1 | sed 's/^/[supabase] /'
+# a fresh cluster shaped like Supabase's image: supabase_admin is the superuser and creates
+# vector, pg_cron and quantops (as supautils does); postgres is not a superuser
+echo "[demo] a fresh Supabase-shaped cluster"
+bash scripts/cluster.sh reset
+PORT=${QUANTOPS_PORT:-55432}
+echo "[demo] supabase db push: migrations and seed through the Supabase CLI, as postgres"
+tools/node_modules/.bin/supabase db push --include-seed --yes \
+  --db-url "postgresql://postgres@127.0.0.1:$PORT/postgres?sslmode=disable" 2>&1 | sed 's/^/[supabase] /'
 echo "[demo] waiting for the quantops scheduler worker"
 for _ in $(seq 1 30); do
   alive=$(bash scripts/cluster.sh psql -At -c "select coalesce((quantops.status()->'workers'->0->>'alive')::bool, false)")

@@ -45,15 +45,16 @@ pub fn pool() -> Result<&'static rayon::ThreadPool, String> {
 }
 
 /// Runs `f` (which uses rayon) in the pool it is called from, else in quantops' own `pool()`.
-/// Called on a backend's main thread or inside one of quantops' pools; when the pool cannot be
-/// started there, the backend raises 53000 insufficient_resources.
+/// Pure: the SQL layer starts the pool first ([`ensure_pool`] raises 53000 when it cannot), so
+/// here it exists; the pure cores and their unit tests call this freely.
 pub fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
     match pool() {
         Ok(p) => p.install(f),
-        Err(e) => crate::error::raise(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, e),
+        // only reachable if a caller skipped ensure_pool() and the threads cannot start: a bug
+        Err(e) => panic!("quantops: {e}"),
     }
 }
 

@@ -266,6 +266,11 @@ unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String
 /// them (never LIMIT, which would keep the first rows in physical order and miss the newest)
 /// brings it down to `n`.
 fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
+    // what follows a sample runs on quantops' thread pool: start it here, where a failure (a
+    // process or thread limit) is an error with its SQLSTATE (53000)
+    if let Err(e) = crate::threads::pool() {
+        crate::error::raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, e);
+    }
     let pct = if rows <= 0 { 100.0 } else { (100.0 * (n as f64) * 1.2 / rows as f64).min(100.0) };
     let col = quote_ident(&t.column);
     let sql = format!(
