@@ -34,7 +34,7 @@ echo "== tier 3: pg_regress"
 bash scripts/regress.sh
 
 echo "== upgrade check"
-bash scripts/upgrade_check.sh
+bash scripts/upgrade_check.sh --self-test
 
 echo "== tier 4: integration tests"
 cargo test --features integration --test embedding -- --test-threads=1

@@ -500,7 +500,9 @@ create function quantops.match_signals(query_embedding vector, match_count integ
 returns table (id bigint, strategy text, symbol text, signal_as_of timestamptz, similarity double precision,
                distance double precision, features jsonb, rationale text, tags text[])
 language plpgsql
-volatile
+-- STABLE: it only reads (its set_config calls are local to the transaction), so PostgREST sends
+-- it as a read-only GET, which a read replica can serve
+stable
 -- pgvector's operators resolve wherever pgvector lives (Supabase: extensions): finalize.sql pins
 -- the path to pg_catalog, <pgvector's schema>, pg_temp; every other operator in it has exact
 -- pg_catalog argument types, so pg_catalog's wins

@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn redaction_reads_any_text() {
         // byte 7 inside a multi-byte character once panicked (XX000) and echoed the text
-        for text in ["Résumé de la stratégie", "日本語テキスト", "abcdefé", "Bearer", "bearer x", "Bearér x"] {
+        for text in ["Résumé de la stratégie", "日本語テキスト", "abcdefé", "Bearer", "Bearér x"] {
             let out = redact(&json!({ "q": text }));
             assert_eq!(out["q"], json!(text), "{text} is not a credential");
         }

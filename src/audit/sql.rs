@@ -240,7 +240,7 @@ fn log_flow_run(
 }
 
 /// Checks the hash chain of one stream, or of all: one row per stream, with the first problem.
-#[pg_extern]
+#[pg_extern(stable)]
 fn verify_audit(
     stream: default!(Option<&str>, "NULL"),
 ) -> Result<

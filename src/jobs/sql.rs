@@ -160,7 +160,8 @@ fn run_job(job: Option<&str>) -> Result<JsonB, ErrorReport> {
 }
 
 /// quantops at a glance: version, settings, workers alive, last run of each job, counts.
-#[pg_extern]
+/// STABLE: it only reads, so PostgREST sends it as a read-only GET and it runs on a hot standby.
+#[pg_extern(stable)]
 fn status() -> JsonB {
     // a read (never assigns a transaction id): status() works on a hot standby too
     let extra: Option<JsonB> = crate::spi::read_one(
