@@ -27,7 +27,7 @@ bash scripts/install.sh
 bash scripts/cluster.sh reset
 bash scripts/cluster.sh status
 
-echo "== Supabase CLI: db push, db reset, db lint, db advisors"
+echo "== Supabase CLI, as postgres: db push (a fresh cluster, twice), db lint, db advisors"
 cargo test --quiet --features integration --test supabase_cli -- --test-threads=1
 
 echo "== tier 3: pg_regress"

@@ -74,7 +74,7 @@ fi
 export QUANTOPS_SHAPE=supabase QUANTOPS_PORT=$PORT QUANTOPS_CLUSTER_DIR=$DIR QUANTOPS_NO_EXTENSION=1
 bash scripts/cluster.sh reset >/dev/null
 trap 'bash scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
-psql_() { runuser -u postgres -- "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR/run" -p "$PORT" -U supabase_admin "$@"; }
+psql_() { runuser -u postgres -- env PGOPTIONS="-c client_min_messages=warning" "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR/run" -p "$PORT" -U supabase_admin "$@"; }
 
 # one run of the data phase: create at FROM, write, snapshot, update to TO, snapshot; the
 # snapshots must be equal and not empty
@@ -109,7 +109,7 @@ say "$FROM -> $VERSION: every row kept ($(awk -F'|' '/\|/ {s += $2} END {print s
 
 # the schema after the update is a fresh install's
 psql_ -d postgres -c "drop database if exists qo_fresh" -c "create database qo_fresh" >/dev/null
-psql_ -d qo_fresh -c "create extension vector schema extensions" -c "create extension quantops" >/dev/null
+psql_ -d qo_fresh -c "create schema extensions" -c "create extension vector schema extensions" -c "create extension quantops" >/dev/null
 # the fresh install is configured the same way: configure() changes the column types and index
 psql_ -d qo_fresh -c "select quantops.configure(dims => 8, lists => 2)" -c "select quantops.set_artifact_check('off')" >/dev/null
 psql_ -d postgres -At -f scripts/sql/describe_extension.sql > "$OUT/upgraded.schema"
