@@ -248,3 +248,32 @@ fn errors_once_internal_have_their_sqlstates() {
     expect_err(r, "0A000", "partitioned");
     p.batch_execute("drop table public.qo_parted").unwrap();
 }
+
+/// flag_enabled is PARALLEL SAFE and used in RLS policies: a parallel worker that reads a flag
+/// uncached must neither assign a transaction id nor set a parameter in a way PostgreSQL forbids
+/// there (both were XX000). force_parallel_mode = on runs the query in a parallel worker.
+#[test]
+fn flags_are_read_in_a_parallel_worker() {
+    let mut a = admin();
+    a.batch_execute("select quantops.set_flag('parallel.flag', '{\"environments\": {\"production\": true}}')").unwrap();
+    let mut c = connect("authenticator");
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute(
+        "select set_config('role', 'authenticated', true); set local force_parallel_mode = on; \
+         set local parallel_setup_cost = 0; set local parallel_tuple_cost = 0",
+    )
+    .unwrap();
+    let on: bool = tx.query_one("select quantops.flag_enabled('parallel.flag')", &[]).unwrap().get(0);
+    assert!(on);
+    let plan: Vec<String> = tx
+        .query("explain (costs off) select quantops.flag_enabled('parallel.flag')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(plan.iter().any(|l| l.contains("Gather")), "not run in a parallel worker: {plan:?}");
+    let r: bool = tx.query_one("select quantops.require_flag('parallel.flag')", &[]).unwrap().get(0);
+    assert!(r);
+    tx.rollback().unwrap();
+    a.batch_execute("select quantops.drop_flag('parallel.flag')").unwrap();
+}
