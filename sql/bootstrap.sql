@@ -458,22 +458,29 @@ begin
         pg_catalog.replace(g.fn, '@vector@', v_vector), r);
     end loop;
   end loop;
-  -- tables: privileges decide which roles reach a table, RLS policies which rows
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
-    execute 'grant select, insert, update, delete on quantops.signal_embeddings, quantops.backtest_results to authenticated';
-    execute 'grant select on quantops.signal_embeddings_archive, quantops.audit_log, quantops.settings, '
-      'quantops.signal_embedding_history, quantops.models, quantops.model_versions, quantops.model_aliases, '
-      'quantops.alias_history, quantops.backtest_leaderboard to authenticated';
-  end if;
+  -- tables: privileges decide which roles reach a table, RLS policies which rows.
+  -- Signals: every column but id (no OVERRIDING SYSTEM VALUE: an id chosen by a caller could
+  -- collide with an archived row and stop the prune and restores for everyone). Backtests are
+  -- the gates' evidence: written only through record_backtest(), never directly.
+  foreach r in array array['authenticated', 'service_role', 'postgres'] loop
+    continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
+    execute pg_catalog.format('grant select, delete, '
+      'insert (strategy, symbol, as_of, features, series, rationale, tags, owner, embedding, embedder, embedder_version, '
+      'input_hash, embedded_at, created_at, updated_at), '
+      'update (strategy, symbol, as_of, features, series, rationale, tags, owner, embedding, embedder, embedder_version, '
+      'input_hash, embedded_at, created_at, updated_at) on quantops.signal_embeddings to %I', r);
+    execute pg_catalog.format('grant select on quantops.signal_embeddings_archive, quantops.backtest_results, quantops.audit_log, '
+      'quantops.settings, quantops.signal_embedding_history, quantops.models, quantops.model_versions, quantops.model_aliases, '
+      'quantops.alias_history, quantops.backtest_leaderboard to %I', r);
+  end loop;
   foreach r in array array['service_role', 'postgres'] loop
     continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
-    execute pg_catalog.format('grant select, insert, update, delete on quantops.signal_embeddings, '
-      'quantops.signal_embeddings_archive, quantops.backtest_results to %I', r);
     -- a job may be paused or rescheduled (never renamed); the rebuild thresholds tuned
     execute pg_catalog.format('grant select, update (enabled, run_every, next_run_at) on quantops.jobs to %I', r);
     execute pg_catalog.format('grant select, update on quantops.index_policy to %I', r);
-    -- direct writes of an alias are allowed, and still pass the gates (a constraint trigger)
-    execute pg_catalog.format('grant select, insert, update on quantops.model_aliases to %I', r);
+    -- an alias may be written directly: created, or moved to another version, and still through
+    -- the gates (a constraint trigger); never renamed or given to another model
+    execute pg_catalog.format('grant insert (model_id, alias, version), update (version) on quantops.model_aliases to %I', r);
     execute pg_catalog.format('grant select on quantops.job_runs, quantops.workers, quantops.audit_log, '
       'quantops.audit_heads, quantops.settings, quantops.embedders, quantops.embedding_queue, '
       'quantops.embedding_failures, quantops.signal_embedding_history, quantops.embedding_status, '

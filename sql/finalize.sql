@@ -55,18 +55,7 @@ alter function quantops._wake_worker() set search_path = pg_catalog, pg_temp;
 alter function quantops._audit_digest(bytea, text) set search_path = pg_catalog, pg_temp;
 alter function quantops.redact_secrets(jsonb) set search_path = pg_catalog, pg_temp;
 
--- Agent memory search runs with its caller's rights (RLS) and pgvector's operators: pg_catalog
--- first, then pgvector's schema, the session's temporary schema last (never first, as an empty
--- or unpinned path would search it for types).
-do $$
-declare
-  s text := (select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
-              where e.extname = 'vector');
-begin
-  execute pg_catalog.format('alter function quantops.match_signals(%I.vector, integer, jsonb, timestamptz) '
-                            'set search_path = pg_catalog, %I, pg_temp', s, s);
-end
-$$;
+
 
 -- Default deny: nobody but the owner runs anything until granted.
 revoke execute on all routines in schema quantops from public;

@@ -377,52 +377,58 @@ create procedure quantops.prune(dry_run boolean default false, batch_size intege
                                 max_rows bigint default null, policy text default null,
                                 inout report jsonb default null)
 language plpgsql
+-- no SET clause (a procedure with one cannot commit): it runs with its caller's rights under its
+-- caller's search_path, so every type, function and operator in it is qualified, and literals
+-- are typed (an unknown literal would let an operator of another schema win)
 as $$
 declare
   v_run     bigint;
-  v_batch   jsonb;
+  v_batch   pg_catalog.jsonb;
   v_moved   bigint := 0;
   v_batches integer := 0;
-  v_started timestamptz := pg_catalog.clock_timestamp();
-  v_before  jsonb;
-  v_after   jsonb;
-  v_per     jsonb := '{}'::jsonb;
+  v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+  v_before  pg_catalog.jsonb;
+  v_after   pg_catalog.jsonb;
+  v_per     pg_catalog.jsonb := '{}'::pg_catalog.jsonb;
 begin
   if dry_run is null then
     raise exception 'dry_run must not be null' using errcode = '22004';
   end if;
-  if max_rows is not null and max_rows < 1 then
+  if max_rows is not null and max_rows operator(pg_catalog.<) 1::bigint then
     raise exception 'max_rows must be positive, not %', max_rows using errcode = '22023';
   end if;
   if dry_run then
-    select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]'::jsonb) into v_per
+    select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]'::pg_catalog.jsonb) into v_per
       from quantops.prune_plan(policy) x;
     report := pg_catalog.jsonb_build_object('dry_run', true, 'policies', v_per,
-      'rows_to_move', (select coalesce(sum((e ->> 'rows_to_move')::bigint), 0) from pg_catalog.jsonb_array_elements(v_per) e));
+      'rows_to_move', (select coalesce(pg_catalog.sum((e operator(pg_catalog.->>) 'rows_to_move'::pg_catalog.text)::bigint), 0::pg_catalog.numeric)
+                         from pg_catalog.jsonb_array_elements(v_per) e));
     return;
   end if;
-  if batch_size is null or batch_size < 1 or batch_size > 100000 then
-    raise exception 'batch_size must be between 1 and 100000, not %', coalesce(batch_size::text, 'null') using errcode = '22023';
+  if batch_size is null or batch_size operator(pg_catalog.<) 1 or batch_size operator(pg_catalog.>) 100000 then
+    raise exception 'batch_size must be between 1 and 100000, not %', coalesce(batch_size::pg_catalog.text, 'null') using errcode = '22023';
   end if;
   v_before := quantops._prune_health();
   v_run := quantops._prune_record(null, null, null);
   perform quantops._prune_start(policy);
   commit;
   loop
-    exit when max_rows is not null and v_moved >= max_rows;
+    exit when max_rows is not null and v_moved operator(pg_catalog.>=) max_rows;
     v_batch := quantops.prune_batch(policy, case when max_rows is null then batch_size
-                                                 else least(batch_size, max_rows - v_moved)::integer end);
-    exit when (v_batch ->> 'idle')::boolean;
-    v_moved := v_moved + (v_batch ->> 'moved')::bigint;
-    v_batches := v_batches + 1;
-    v_per := pg_catalog.jsonb_set(v_per, array[v_batch ->> 'policy'],
-               pg_catalog.to_jsonb(coalesce((v_per ->> (v_batch ->> 'policy'))::bigint, 0) + (v_batch ->> 'moved')::bigint));
+                                                 else least(batch_size::bigint, max_rows operator(pg_catalog.-) v_moved)::integer end);
+    exit when (v_batch operator(pg_catalog.->>) 'idle'::pg_catalog.text)::boolean;
+    v_moved := v_moved operator(pg_catalog.+) (v_batch operator(pg_catalog.->>) 'moved'::pg_catalog.text)::bigint;
+    v_batches := v_batches operator(pg_catalog.+) 1;
+    v_per := pg_catalog.jsonb_set(v_per, array[v_batch operator(pg_catalog.->>) 'policy'::pg_catalog.text],
+               pg_catalog.to_jsonb(coalesce((v_per operator(pg_catalog.->>) (v_batch operator(pg_catalog.->>) 'policy'::pg_catalog.text))::bigint, 0::bigint)
+                                   operator(pg_catalog.+) (v_batch operator(pg_catalog.->>) 'moved'::pg_catalog.text)::bigint));
     perform quantops._prune_record(v_run, v_moved, null);
     commit;
   end loop;
   v_after := quantops._prune_health();
   report := pg_catalog.jsonb_build_object('run_id', v_run, 'moved', v_moved, 'batches', v_batches,
-    'by_policy', v_per, 'duration_ms', pg_catalog.round((extract(epoch from pg_catalog.clock_timestamp() - v_started) * 1000)::numeric, 1),
+    'by_policy', v_per, 'duration_ms', pg_catalog.round((extract(epoch from pg_catalog.clock_timestamp() operator(pg_catalog.-) v_started)
+                                                            operator(pg_catalog.*) 1000::pg_catalog.numeric), 1),
     'health_before', v_before, 'health_after', v_after);
   perform quantops._prune_record(v_run, v_moved, report);
   commit;
@@ -503,10 +509,7 @@ language plpgsql
 -- STABLE: it only reads (its set_config calls are local to the transaction), so PostgREST sends
 -- it as a read-only GET, which a read replica can serve
 stable
--- pgvector's operators resolve wherever pgvector lives (Supabase: extensions): finalize.sql pins
--- the path to pg_catalog, <pgvector's schema>, pg_temp; every other operator in it has exact
--- pg_catalog argument types, so pg_catalog's wins
-set search_path from current
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -516,8 +519,10 @@ declare
   v_probes   integer;
   v_strat    text[];
   v_sym      text[];
-  v_filter   jsonb := coalesce(filter, '{}'::jsonb);
+  v_filter   jsonb := coalesce(filter, '{}'::pg_catalog.jsonb);
   k          text;
+  v_vs       text;
+  v_op       text;
 begin
   if query_embedding is null then
     raise exception 'query_embedding must not be null' using errcode = '22004';
@@ -525,67 +530,57 @@ begin
   if match_count is null or match_count < 1 or match_count > 1000 then
     raise exception 'match_count must be between 1 and 1000, not %', coalesce(match_count::text, 'null') using errcode = '22023';
   end if;
-  if pg_catalog.jsonb_typeof(v_filter) <> 'object' then
+  if pg_catalog.jsonb_typeof(v_filter) operator(pg_catalog.<>) 'object'::pg_catalog.text then
     raise exception 'filter must be a JSON object, not %', pg_catalog.jsonb_typeof(v_filter) using errcode = '22023';
   end if;
   for k in select pg_catalog.jsonb_object_keys(v_filter) loop
-    if k not in ('strategy', 'symbol') then
+    if not (k operator(pg_catalog.=) 'strategy'::pg_catalog.text or k operator(pg_catalog.=) 'symbol'::pg_catalog.text) then
       raise exception 'unknown filter key "%"', k using errcode = '22023', hint = 'filter keys: strategy, symbol';
     end if;
   end loop;
-  v_strat := quantops._text_list(v_filter -> 'strategy', 'strategy');
-  v_sym := quantops._text_list(v_filter -> 'symbol', 'symbol');
+  v_strat := quantops._text_list(v_filter operator(pg_catalog.->) 'strategy'::pg_catalog.text, 'strategy');
+  v_sym := quantops._text_list(v_filter operator(pg_catalog.->) 'symbol'::pg_catalog.text, 'symbol');
   select st.embedding_dims, st.index_metric, st.index_lists, st.search_probes into v_dims, v_metric, v_lists, v_probes
     from quantops.settings st;
   if v_dims is null then
     raise exception 'quantops is not configured' using errcode = '55000', hint = 'run quantops.configure(dims => ...) first';
   end if;
-  if pg_catalog.array_length(query_embedding::real[], 1) <> v_dims then
+  if pg_catalog.array_length(query_embedding::real[], 1) operator(pg_catalog.<>) v_dims then
     raise exception 'query_embedding has % dimensions, not %', pg_catalog.array_length(query_embedding::real[], 1), v_dims
       using errcode = '22000';
   end if;
   -- the probes that reach the target recall (quantops.index_health(recall => true) finds them);
   -- the iterative scan goes on probing when filters drop rows, so filters never return too few
   perform pg_catalog.set_config('ivfflat.probes',
-    coalesce(v_probes, greatest(1, pg_catalog.round(pg_catalog.sqrt(coalesce(v_lists, 1)))::integer))::text, true);
+    coalesce(v_probes, greatest(1, pg_catalog.round(pg_catalog.sqrt(coalesce(v_lists, 1)::pg_catalog.float8))::integer))::text, true);
   perform pg_catalog.set_config('ivfflat.iterative_scan', 'relaxed_order', true);
-  if v_metric = 'l2' then
-    return query
-      with d as materialized (
-        select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags,
-               (s.embedding <-> query_embedding)::double precision as dist
-          from quantops.signal_embeddings s
-         where s.embedding is not null and (v_strat is null or s.strategy = any (v_strat))
-           and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
-         order by s.embedding <-> query_embedding
-         limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, 1::pg_catalog.float8 / (1::pg_catalog.float8 + d.dist), d.dist, d.features, d.rationale, d.tags
-        from d order by d.dist, d.id;
-  elsif v_metric = 'ip' then
-    return query
-      with d as materialized (
-        select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags,
-               (s.embedding <#> query_embedding)::double precision as dist
-          from quantops.signal_embeddings s
-         where s.embedding is not null and (v_strat is null or s.strategy = any (v_strat))
-           and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
-         order by s.embedding <#> query_embedding
-         limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, -d.dist, d.dist, d.features, d.rationale, d.tags
-        from d order by d.dist, d.id;
-  else
-    return query
-      with d as materialized (
-        select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags,
-               (s.embedding <=> query_embedding)::double precision as dist
-          from quantops.signal_embeddings s
-         where s.embedding is not null and (v_strat is null or s.strategy = any (v_strat))
-           and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
-         order by s.embedding <=> query_embedding
-         limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, 1::pg_catalog.float8 - d.dist, d.dist, d.features, d.rationale, d.tags
-        from d order by d.dist, d.id;
-  end if;
+  -- pgvector's operators, qualified by the schema pgvector lives in now (found by its oid, so a
+  -- renamed schema is followed and a schema that took the old name is not), in a statement built
+  -- here: no search_path decides which operator runs, and no column dependency pins the type
+  -- that configure() sets
+  select n.nspname into v_vs from pg_catalog.pg_extension e
+    join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) e.extnamespace
+   where e.extname operator(pg_catalog.=) 'vector'::pg_catalog.name;
+  v_op := case v_metric when 'l2' then '<->' when 'ip' then '<#>' else '<=>' end;
+  -- the rows come from the statement below; the OUT variables stay unused (said so for linters,
+  -- which cannot see through a dynamic statement)
+  id := null; strategy := null; symbol := null; signal_as_of := null; similarity := null; distance := null;
+  features := null; rationale := null; tags := null;
+  return query execute pg_catalog.format(
+    'select d.id, d.strategy, d.symbol, d.as_of, %s, d.dist, d.features, d.rationale, d.tags from ('
+    '  select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags, '
+    '         (s.embedding operator(%I.%s) $1)::pg_catalog.float8 as dist '
+    '    from quantops.signal_embeddings s '
+    '   where s.embedding is not null and ($3 is null or s.strategy operator(pg_catalog.=) any ($3)) '
+    '     and ($4 is null or s.symbol operator(pg_catalog.=) any ($4)) and ($5 is null or s.as_of operator(pg_catalog.<=) $5) '
+    '   order by s.embedding operator(%I.%s) $1 limit $2) d '
+    'order by d.dist, d.id',
+    case v_metric
+      when 'l2' then '1::pg_catalog.float8 operator(pg_catalog./) (1::pg_catalog.float8 operator(pg_catalog.+) d.dist)'
+      when 'ip' then 'operator(pg_catalog.-) d.dist'
+      else '1::pg_catalog.float8 operator(pg_catalog.-) d.dist' end,
+    v_vs, v_op, v_vs, v_op)
+  using query_embedding, match_count, v_strat, v_sym, match_signals.as_of;
 end
 $$;
 comment on function quantops.match_signals(vector, integer, jsonb, timestamptz) is

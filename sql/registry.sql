@@ -173,6 +173,10 @@ begin
     if chk = 'storage' then
       if pg_catalog.to_regclass('storage.objects') is null then
         out := out || 'no storage.objects table to check the artifact in: set quantops.settings.artifact_check explicitly with quantops.set_artifact_check(''off'')'::text;
+      -- read as the owner: only a plain table, whose read runs nobody's code (a view or a foreign
+      -- table of that name, made where Storage is absent, would run its maker's code here)
+      elsif (select c.relkind from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass('storage.objects')) <> 'r' then
+        out := out || 'storage.objects is not a table: the artifact is not checked in a view or a foreign table'::text;
       elsif not quantops._artifact_exists(v.artifact_bucket, v.artifact_prefix) then
         out := out || pg_catalog.format('no artifact under %s/%s in storage.objects', v.artifact_bucket, v.artifact_prefix);
       end if;
@@ -253,6 +257,26 @@ begin
   return null;
 end
 $$;
+-- Who moved an alias and when is recorded, not claimed; an alias keeps its model and its name
+-- (the history, the outbox and the audit follow a move of its version).
+create function quantops._alias_touch() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if tg_op = 'UPDATE' and (new.model_id, new.alias) is distinct from (old.model_id, old.alias) then
+    raise exception 'alias "%" cannot be renamed or given to another model', old.alias using errcode = '0A000',
+      hint = 'promote() the version under the other alias; an alias''s history stays with it';
+  end if;
+  new.updated_at := pg_catalog.now();
+  new.updated_by := quantops._caller_role();
+  return new;
+end
+$$;
+create trigger model_aliases_touch before insert or update on quantops.model_aliases
+  for each row execute function quantops._alias_touch();
+alter table quantops.model_aliases enable always trigger model_aliases_touch;
+
 create constraint trigger model_aliases_gates after insert or update on quantops.model_aliases
   for each row execute function quantops._alias_gates();
 alter table quantops.model_aliases enable always trigger model_aliases_gates;

@@ -104,10 +104,11 @@ impl Drop for Restore {
         // this backend, on its main thread; restoring them is what PostgreSQL's own code does
         // after a user switch (index_build, RI checks).
         unsafe {
-            pg_sys::AtEOXact_GUC(false, self.nest);
             if let Some((user, ctx)) = self.user {
                 pg_sys::SetUserIdAndSecContext(user, ctx);
             }
+            // true, as PostgreSQL ends a function's SET clause
+            pg_sys::AtEOXact_GUC(true, self.nest);
         }
     }
 }
@@ -144,28 +145,23 @@ pub fn pinned<R>(f: impl FnOnce() -> R) -> R {
 /// the SQL `f` runs.
 pub fn as_role<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let (mut user, mut ctx) = (pg_sys::InvalidOid, 0i32);
-    // SAFETY: main thread, inside a transaction; the guard restores both values.
+    // SAFETY: main thread, inside a transaction. The path is pinned first, then the user switched,
+    // and one guard restores both (in the reverse order) on every path.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut ctx) };
+    let _restore = Restore { nest: pin_search_path(), user: Some((user, ctx)) };
     unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut ctx);
         pg_sys::SetUserIdAndSecContext(
             owner,
             ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
         );
     }
-    let _restore = Restore { nest: pin_search_path(), user: Some((user, ctx)) };
     f()
 }
 
-thread_local! {
-    static OWNER: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
-}
-
-/// The role that owns the quantops extension (on Supabase: supabase_admin), read once per backend
-/// under a pinned search_path.
+/// The role that owns the quantops extension (on Supabase: supabase_admin), read under a pinned
+/// search_path each time it is needed (a flag's first read in a backend, the gates' token), so a
+/// DROP and CREATE EXTENSION by another superuser is seen at once.
 pub fn extension_owner() -> Result<pg_sys::Oid, pgrx::spi::SpiError> {
-    if let Some(o) = OWNER.with(|o| o.get()) {
-        return Ok(o);
-    }
     let o = pinned(|| {
         read_one::<pg_sys::Oid>(
             "select e.extowner from pg_catalog.pg_extension e where e.extname operator(pg_catalog.=) 'quantops'::pg_catalog.name",
@@ -174,11 +170,7 @@ pub fn extension_owner() -> Result<pg_sys::Oid, pgrx::spi::SpiError> {
     })?;
     // CREATE EXTENSION inserts its pg_extension row before it runs the script, so the row is
     // there whenever a quantops function runs; without it, nothing runs as anybody else
-    let Some(o) = o else {
-        return Err(pgrx::spi::SpiError::InvalidPosition);
-    };
-    OWNER.with(|c| c.set(Some(o)));
-    Ok(o)
+    o.ok_or(pgrx::spi::SpiError::InvalidPosition)
 }
 
 /// Runs `f` as the extension's owner (see [`as_role`]).
@@ -195,15 +187,21 @@ pub fn outer_user() -> pg_sys::Oid {
     unsafe { pg_sys::GetOuterUserId() }
 }
 
-/// Whether the role running this call is Supabase's `anon` (the role of a request without a
-/// user). Functions `anon` may execute write nothing; where one would (a sampled flag
-/// exposure), it skips the write for `anon`.
+/// Whether the role running this call has `anon`'s privileges and not `authenticated`'s: a
+/// request without a user (or a role that stands in for one). Functions such a role may execute
+/// write nothing; where one would (a sampled flag exposure), it skips the write. Without the
+/// Supabase roles (plain PostgreSQL), no caller is anonymous.
 pub fn caller_is_anon() -> bool {
-    // SAFETY: GetUserId reads a backend global; GetUserNameFromId with noerr returns NULL for a
-    // dropped role instead of raising.
+    // SAFETY: reads backend globals and the syscache
     unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true);
-        !name.is_null() && std::ffi::CStr::from_ptr(name).to_bytes() == b"anon"
+        let anon = pg_sys::get_role_oid(c"anon".as_ptr(), true);
+        if anon == pg_sys::InvalidOid {
+            return false;
+        }
+        let me = pg_sys::GetUserId();
+        let authenticated = pg_sys::get_role_oid(c"authenticated".as_ptr(), true);
+        pg_sys::has_privs_of_role(me, anon)
+            && !(authenticated != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, authenticated))
     }
 }
 

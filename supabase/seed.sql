@@ -39,17 +39,18 @@ select strategy, symbol,
 from s
 on conflict on constraint signal_embeddings_natural_key do nothing;
 
-insert into quantops.backtest_results
-  (run_id, strategy, period_start, period_end, sharpe, sortino, max_drawdown, cagr, volatility, hit_rate, turnover, trades, metrics, artifact_path, owner)
-select format('seed-%s-%s', strategy, y), strategy,
-       make_timestamptz(y, 1, 1, 0, 0, 0, 'UTC'), make_timestamptz(y, 12, 31, 0, 0, 0, 'UTC'),
-       round((0.3 + random() * 1.7)::numeric, 3), round((0.5 + random() * 2.0)::numeric, 3),
-       round((0.05 + random() * 0.25)::numeric, 3), round((random() * 0.3 - 0.05)::numeric, 3),
-       round((0.08 + random() * 0.2)::numeric, 3), round((0.45 + random() * 0.15)::numeric, 3),
-       round((1 + random() * 20)::numeric, 2), (100 + random() * 900)::int,
-       jsonb_build_object('calmar', round((random() * 3)::numeric, 2)),
-       format('backtests/%s/%s/report.json', strategy, y),
-       '11111111-1111-4111-8111-111111111111'
+-- Backtests are the promotion gates' evidence: written only through quantops.record_backtest()
+-- (idempotent by run id), here on behalf of the first analyst (the JWT claim PostgREST would set).
+select set_config('request.jwt.claims', '{"sub": "11111111-1111-4111-8111-111111111111", "role": "service_role"}', false);
+select count(quantops.record_backtest(
+         format('seed-%s-%s', strategy, y), strategy,
+         make_timestamptz(y, 1, 1, 0, 0, 0, 'UTC'), make_timestamptz(y, 12, 31, 0, 0, 0, 'UTC'),
+         sharpe => round((0.3 + random() * 1.7)::numeric, 3), sortino => round((0.5 + random() * 2.0)::numeric, 3),
+         max_drawdown => round((0.05 + random() * 0.25)::numeric, 3), cagr => round((random() * 0.3 - 0.05)::numeric, 3),
+         volatility => round((0.08 + random() * 0.2)::numeric, 3), hit_rate => round((0.45 + random() * 0.15)::numeric, 3),
+         turnover => round((1 + random() * 20)::numeric, 2), trades => (100 + random() * 900)::int,
+         metrics => jsonb_build_object('calmar', round((random() * 3)::numeric, 2)),
+         artifact_path => format('backtests/%s/%s/report.json', strategy, y)))
 from unnest(array['momentum_v1','momentum_v2','mean_reversion','carry_fx','trend_futures']) strategy,
-     generate_series(2021, 2025) y
-on conflict (run_id) do nothing;
+     generate_series(2021, 2025) y;
+select set_config('request.jwt.claims', '', false);

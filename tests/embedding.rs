@@ -553,8 +553,10 @@ fn egress_only_to_allowed_hosts_and_keys_only_over_https() {
     };
     allow("127.0.0.1, embed.internal");
     std::thread::sleep(Duration::from_millis(300));
-    expect_err(reg("http://embed.internal/v1/embeddings", ", \"api_key_secret\": \"openai\""), "22023", "only over https");
-    let ok = reg("https://embed.internal/v1/embeddings", ", \"api_key_secret\": \"openai\"");
+    expect_err(reg("http://embed.internal/v1/embeddings", ", \"api_key_secret\": \"quantops_openai\""), "22023", "only over https");
+    // the superuser worker reads the secret: only quantops_ secrets may be named, not any other
+    expect_err(reg("https://embed.internal/v1/embeddings", ", \"api_key_secret\": \"stripe_live\""), "22023", "start with quantops_");
+    let ok = reg("https://embed.internal/v1/embeddings", ", \"api_key_secret\": \"quantops_openai\"");
     assert!(ok.is_ok(), "{ok:?}");
     allow("127.0.0.1");
     let n: i64 = a.query_one("select count(*) from quantops.embedders where name = $1", &[&name]).unwrap().get(0);

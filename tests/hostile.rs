@@ -80,6 +80,22 @@ fn create_evil_schema() {
                            n, r.l, r.rt, r.res, case when r.code like 'pg_catalog.%' then r.code else 'pg_catalog.' || r.code end);
             execute format('create operator evil.%s (leftarg = %s, rightarg = %s, function = evil.op_%s)', r.oprname, r.l, r.rt, n);
           end loop;
+          -- operators between two values of one type where pg_catalog has none: an unknown literal
+          -- on one side (x -> 'key', now() + '1 day') makes PostgreSQL look for exactly (T, T)
+          -- first, on the whole path, so one of these would win over pg_catalog's (T, text)
+          for r in
+            select o.name, t.typ
+              from unnest(array['=', '<>', '<', '<=', '>', '>=', '||', '->', '->>', '#>', '#>>', '+', '-', '*', '/', '@>', '<@', '?', '~']) o(name),
+                   unnest(array['text', 'name', 'bigint', 'integer', 'uuid', 'boolean', 'jsonb', 'bytea', 'timestamp with time zone',
+                                'interval', 'double precision', 'numeric', 'tstzrange']) t(typ)
+             where not exists (select 1 from pg_operator x where x.oprnamespace = 'pg_catalog'::regnamespace and x.oprname = o.name
+                                 and x.oprleft = t.typ::regtype and x.oprright = t.typ::regtype)
+          loop
+            n := n + 1;
+            execute format('create function evil.op_%s(a %s, b %s) returns %s language plpgsql as $f$ '
+                           'begin perform evil.note(); return null; end $f$', n, r.typ, r.typ, r.typ);
+            execute format('create operator evil.%s (leftarg = %s, rightarg = %s, function = evil.op_%s)', r.name, r.typ, r.typ, n);
+          end loop;
           -- functions quantops' SQL calls, with concrete argument and result types
           for r in
             select p.proname, p.oid,
@@ -331,6 +347,33 @@ fn no_caller_environment_reaches_another_role() {
         }
     }
     assert!(differences.is_empty(), "a hostile environment changed answers:\n{}", differences.join("\n"));
+    // the one procedure (it commits, so it has no SET clause and runs under its caller's path):
+    // a dry run in a transaction, and a real run, each as service_role and as postgres
+    for who in [Caller::ServiceRole, Caller::Postgres] {
+        let clean = {
+            let mut c = who.connect();
+            let mut tx = c.transaction().unwrap();
+            if who != Caller::Postgres {
+                tx.execute("select pg_catalog.set_config('role', $1, true)", &[&who.role()]).unwrap();
+            }
+            let r: serde_json::Value = tx.query_one("call quantops.prune(dry_run => true)", &[]).unwrap().get(0);
+            tx.rollback().unwrap();
+            r
+        };
+        let mut h = who.connect();
+        h.batch_execute(TEMP_OBJECTS).unwrap();
+        if who != Caller::Postgres {
+            h.batch_execute(&format!("set role {}", who.role())).unwrap();
+        }
+        h.batch_execute(&format!("set evil.caller = '{}'; set search_path = {EVIL_PATH}", who.role())).unwrap();
+        let before = counter("escalations");
+        let dry: serde_json::Value = h.query_one("call quantops.prune(dry_run => true)", &[]).unwrap().get(0);
+        assert_eq!(dry, clean, "{} prune(dry_run) under a hostile path", who.role());
+        let real: serde_json::Value = h.query_one("call quantops.prune(max_rows => 1)", &[]).unwrap().get(0);
+        assert!(real["moved"].is_number(), "{real}");
+        assert_eq!(counter("escalations"), before, "{} calling prune ran hostile code as another role", who.role());
+        *checked.entry(who.role()).or_default() += 1;
+    }
     // the hostile objects are real: the suite's own probe meets them
     let mut probe = studio();
     probe.batch_execute("set evil.caller = 'postgres'; set search_path = evil, pg_catalog").unwrap();
@@ -351,9 +394,29 @@ fn no_caller_environment_reaches_another_role() {
 fn anon_writes_nothing() {
     let mut a = admin();
     let dims: i32 = a.query_one("select embedding_dims from quantops.settings", &[]).unwrap().get(0);
-    a.batch_execute("set quantops.flag_exposure_sample = 1").unwrap();
+    // the flags the sample arguments name exist, so a sampled evaluation would write
+    for f in ["flag_enabled", "evaluate_flag", "require_flag"] {
+        a.execute("select quantops.set_flag($1, '{\"environments\": {\"production\": true}}')", &[&format!("hostile.{f}")]).unwrap();
+    }
     let funcs = functions(&mut a);
     let mut c = connect("authenticator");
+    // the positive control: the same sampled evaluation by an authenticated user does write
+    {
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "select set_config('role', 'authenticated', true), set_config('request.jwt.claims', '{{\"sub\":\"{USER_A}\",\"role\":\"authenticated\"}}', true); \
+             set local quantops.flag_exposure_sample = 1"
+        ))
+        .unwrap();
+        tx.query("select * from quantops.evaluate_flag('hostile.evaluate_flag')", &[]).unwrap();
+        tx.batch_execute("reset role").unwrap();
+        let writes: i64 = tx
+            .query_one("select coalesce(sum(n_tup_ins), 0)::bigint from pg_stat_xact_all_tables where relname = 'flag_exposures'", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(writes, 1, "the control: an authenticated, sampled evaluation writes its exposure");
+        tx.rollback().unwrap();
+    }
     let mut n = 0;
     for f in &funcs {
         let may: bool = a

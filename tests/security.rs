@@ -258,10 +258,15 @@ fn flags_are_read_in_a_parallel_worker() {
     a.batch_execute("select quantops.set_flag('parallel.flag', '{\"environments\": {\"production\": true}}')").unwrap();
     let mut c = connect("authenticator");
     let mut tx = c.transaction().unwrap();
-    tx.batch_execute(
-        "select set_config('role', 'authenticated', true); set local force_parallel_mode = on; \
-         set local parallel_setup_cost = 0; set local parallel_tuple_cost = 0",
-    )
+    // force_parallel_mode until PostgreSQL 15, debug_parallel_query from 16
+    let knob: String = tx
+        .query_one("select case when current_setting('server_version_num')::int >= 160000 then 'debug_parallel_query' else 'force_parallel_mode' end", &[])
+        .unwrap()
+        .get(0);
+    tx.batch_execute(&format!(
+        "select set_config('role', 'authenticated', true); set local {knob} = on; \
+         set local parallel_setup_cost = 0; set local parallel_tuple_cost = 0"
+    ))
     .unwrap();
     let on: bool = tx.query_one("select quantops.flag_enabled('parallel.flag')", &[]).unwrap().get(0);
     assert!(on);
@@ -276,4 +281,125 @@ fn flags_are_read_in_a_parallel_worker() {
     assert!(r);
     tx.rollback().unwrap();
     a.batch_execute("select quantops.drop_flag('parallel.flag')").unwrap();
+}
+
+/// The gates' evidence and the aliases are written only the ways quantops checks: a backtest only
+/// through record_backtest() (no role writes the table directly: a future-dated row with a great
+/// sharpe would pass any gate), an alias only by version (never renamed or given to another
+/// model, which would skip its history), a signal never with an id of the caller's choosing (one
+/// that collides with an archived row would stop the prune and restores for everyone).
+#[test]
+fn gate_evidence_aliases_and_ids_are_written_only_through_quantops() {
+    for who in [Who::User(USER_A.into()), Who::ServiceRole, Who::Postgres] {
+        let r = request(
+            &who,
+            "insert into quantops.backtest_results (run_id, strategy, period_start, period_end, sharpe, model_name, model_version, created_at) \
+             values ('forged', 's', '2025-01-01', '2026-01-01', 99, 'm', 1, '2100-01-01')",
+            &[],
+        );
+        expect_err(r, "42501", "permission denied");
+        expect_err(request(&who, "update quantops.backtest_results set sharpe = 99", &[]), "42501", "permission denied");
+        expect_err(request(&who, "delete from quantops.backtest_results", &[]), "42501", "permission denied");
+        let r = request(
+            &who,
+            "insert into quantops.signal_embeddings overriding system value (id, strategy, symbol, as_of) values (1, 's', 'x', now())",
+            &[],
+        );
+        expect_err(r, "42501", "permission denied");
+    }
+    let mut a = admin();
+    let m = format!("alias-{}", &new_user()[..8]);
+    a.batch_execute("select quantops.set_artifact_check('off')").unwrap();
+    a.query_one("select quantops.create_model($1)", &[&m]).unwrap();
+    a.query_one("select quantops.register_model_version($1)", &[&m]).unwrap();
+    a.query_one("select quantops.promote($1, 1, 'canary', null)", &[&m]).unwrap();
+    let rename = "update quantops.model_aliases set alias = 'production' where alias = 'canary' and model_id = (select id from quantops.models where name = $1)";
+    expect_err(request(&Who::Postgres, rename, &[&m]), "42501", "permission denied");
+    expect_err(request(&Who::ServiceRole, rename, &[&m]), "42501", "permission denied");
+    let e = a.execute(rename, &[&m]).unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    // who moved an alias is recorded, not claimed
+    let r = request(
+        &Who::ServiceRole,
+        "update quantops.model_aliases set version = 1 where alias = 'canary' and model_id = (select id from quantops.models where name = $1)",
+        &[&m],
+    );
+    assert!(r.is_ok(), "{r:?}");
+    let by: String = a
+        .query_one("select updated_by from quantops.model_aliases where alias = 'canary' and model_id = (select id from quantops.models where name = $1)", &[&m])
+        .unwrap()
+        .get(0);
+    assert_eq!(by, "service_role");
+}
+
+/// Relations that quantops reads as the superuser, where their schema is absent, could be made by
+/// the database's owner (Supabase's postgres): a view named vault.decrypted_secrets or
+/// storage.objects would run its maker's code as the superuser. quantops reads the Vault view only
+/// if the supabase_vault extension made it, and storage.objects only if it is a plain table.
+#[test]
+fn look_alike_vault_and_storage_views_run_nothing_as_the_superuser() {
+    let mut a = admin();
+    let mut p = studio();
+    p.batch_execute(
+        r#"
+        drop schema if exists qo_probe cascade;
+        create schema qo_probe;
+        create table qo_probe.ran (who text);
+        grant usage on schema qo_probe to public;
+        grant insert on qo_probe.ran to public;
+        create function qo_probe.note() returns text language plpgsql as $$
+        begin insert into qo_probe.ran values (current_user); return 'sk-forged'; end $$;
+        "#,
+    )
+    .unwrap();
+    // Vault: absent here; postgres (owner of the database) makes a look-alike
+    p.batch_execute(
+        "drop schema if exists vault cascade; create schema vault; \
+         create view vault.decrypted_secrets as select 'quantops_probe'::text as name, qo_probe.note() as decrypted_secret;",
+    )
+    .unwrap();
+    let active: String = a.query_one("select name from quantops.embedders where active", &[]).unwrap().get(0);
+    request(
+        &Who::ServiceRole,
+        "select quantops.register_embedder('vault-probe', 'http', (select embedding_dims from quantops.settings), \
+         '{\"url\": \"http://127.0.0.1:9/v1/embeddings\", \"model\": \"m\", \"api_key_secret\": \"quantops_probe\"}', activate => true)",
+        &[],
+    )
+    .unwrap();
+    a.execute(
+        "insert into quantops.signal_embeddings (strategy, symbol, as_of, rationale) values ('vault-probe', 'X', now(), 'probe')",
+        &[],
+    )
+    .unwrap();
+    let err: String = wait_for("the refresh to fail on the look-alike secret", Duration::from_secs(60), || {
+        admin()
+            .query_opt(
+                "select error from quantops.job_runs where job = 'refresh-embeddings' and status = 'failed' \
+                 and error like '%quantops_probe%' and started_at > now() - interval '2 minutes' limit 1",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    assert!(err.contains("not found"), "{err}");
+    a.query_one("select quantops.set_embedder($1)", &[&active]).unwrap();
+    a.execute("delete from quantops.signal_embeddings where strategy = 'vault-probe'", &[]).unwrap();
+    p.batch_execute("drop schema vault cascade").unwrap();
+    // Storage: moved out of the way, and a look-alike view in its place
+    a.batch_execute("alter schema storage rename to storage_real; grant create on database postgres to postgres").unwrap();
+    p.batch_execute("create schema storage; create view storage.objects as select 'model-artifacts'::text as bucket_id, qo_probe.note() as name")
+        .unwrap();
+    let m = format!("storage-{}", &new_user()[..8]);
+    let check_was: String = a.query_one("select artifact_check from quantops.settings", &[]).unwrap().get(0);
+    a.batch_execute("select quantops.set_artifact_check('storage')").unwrap();
+    a.query_one("select quantops.create_model($1)", &[&m]).unwrap();
+    a.query_one("select quantops.register_model_version($1)", &[&m]).unwrap();
+    let r = request(&Who::ServiceRole, "select quantops.promote($1, 1, 'production', null)", &[&m]);
+    p.batch_execute("drop schema storage cascade").unwrap();
+    a.batch_execute("alter schema storage_real rename to storage").unwrap();
+    a.query_one("select quantops.set_artifact_check($1)", &[&check_was]).unwrap();
+    expect_err(r, "23514", "storage.objects is not a table");
+    let ran: Vec<String> = a.query("select who from qo_probe.ran", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    p.batch_execute("drop schema qo_probe cascade").unwrap();
+    assert!(ran.is_empty(), "look-alike relations ran code as {ran:?}");
 }

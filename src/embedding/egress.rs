@@ -24,6 +24,8 @@ pub enum EgressError {
     NotAllowed { host: String, port: u16 },
     /// a key would be sent in clear text to a host that is not this machine
     KeyInClear { host: String },
+    /// a Vault secret outside the ones an embedder may name
+    SecretName(String),
 }
 
 impl fmt::Display for EgressError {
@@ -35,6 +37,9 @@ impl fmt::Display for EgressError {
             }
             EgressError::KeyInClear { host } => {
                 write!(f, "an API key is sent only over https (or to a loopback address), not to http://{host}")
+            }
+            EgressError::SecretName(name) => {
+                write!(f, "vault secret \"{name}\" may not be used: an embedder names only secrets whose names start with quantops_")
             }
         }
     }
@@ -97,6 +102,17 @@ pub fn is_loopback(host: &str) -> bool {
     match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback(),
         Err(_) => false,
+    }
+}
+
+/// The Vault secrets an embedder may name: those whose name starts with `quantops_`. The worker
+/// reads the secret as a superuser; a role that may register an embedder must not be able to make
+/// it read, and send, any other secret of the database.
+pub fn check_secret_name(name: &str) -> Result<(), EgressError> {
+    if name.starts_with("quantops_") && name.len() > "quantops_".len() {
+        Ok(())
+    } else {
+        Err(EgressError::SecretName(name.to_string()))
     }
 }
 
@@ -163,5 +179,13 @@ mod tests {
         assert!(check("http://embed.internal:80/v1", "embed.internal", false).is_ok(), "no key, plain http is the operator's choice");
         assert!(matches!(check("https://evil.example/v1", "api.openai.com", false), Err(EgressError::NotAllowed { .. })));
         assert!(is_loopback("127.8.9.10") && is_loopback("::1") && !is_loopback("10.0.0.1") && !is_loopback("localhost.evil.example"));
+    }
+
+    #[test]
+    fn only_quantops_secrets() {
+        assert!(check_secret_name("quantops_openai").is_ok());
+        for bad in ["openai", "stripe_live", "quantops_", "QUANTOPS_x", "xquantops_y"] {
+            assert!(matches!(check_secret_name(bad), Err(EgressError::SecretName(_))), "{bad}");
+        }
     }
 }

@@ -165,6 +165,9 @@ fn register_embedder(
     // the worker (a superuser process holding the provider's key) only calls hosts a superuser
     // allowed, and sends a key only over https or to this machine
     if let super::core::Kind::Http(h) = &parsed.kind {
+        if let Some(secret) = &h.api_key_secret {
+            super::egress::check_secret_name(secret).map_err(EmbeddingError::Egress)?;
+        }
         let sends_key = h.api_key_secret.is_some() || crate::gucs::embedding_api_key_file().is_some();
         super::egress::check(&h.url, &crate::gucs::embedding_allowed_hosts(), sends_key).map_err(EmbeddingError::Egress)?;
     }

@@ -107,13 +107,26 @@ pub fn drain() -> i64 {
     total.picked
 }
 
-fn api_key(e: &Embedder, secret: &Option<String>) -> Option<String> {
+/// The provider's API key: the Vault secret the embedder names (only a `quantops_` one, only from
+/// the Vault extension's own view), else the superuser's key file, else none. A named secret that
+/// cannot be read is an error: the key file's key is never sent in its place.
+fn api_key(secret: &Option<String>) -> Result<Option<String>, String> {
     if let Some(name) = secret {
+        super::egress::check_secret_name(name).map_err(|e| e.to_string())?;
         let name = name.clone();
         let from_vault = in_transaction(move || -> Result<Option<String>, pgrx::spi::SpiError> {
-            let has_vault: bool =
-                crate::spi::read_one("select pg_catalog.to_regclass('vault.decrypted_secrets') is not null", &[])?.unwrap_or(false);
-            if !has_vault {
+            // the view must be the Vault extension's own: a relation of that name that someone
+            // else created (where Vault is absent) would run its code as this superuser process
+            let genuine: bool = crate::spi::read_one(
+                "select exists (select 1 from pg_catalog.pg_depend d join pg_catalog.pg_extension e on e.oid operator(pg_catalog.=) d.refobjid \
+                  where d.classid operator(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                    and d.objid operator(pg_catalog.=) pg_catalog.to_regclass('vault.decrypted_secrets') \
+                    and d.refclassid operator(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                    and d.deptype operator(pg_catalog.=) 'e' and e.extname operator(pg_catalog.=) 'supabase_vault'::pg_catalog.name)",
+                &[],
+            )?
+            .unwrap_or(false);
+            if !genuine {
                 return Ok(None);
             }
             crate::spi::read_one::<String>(
@@ -121,22 +134,17 @@ fn api_key(e: &Embedder, secret: &Option<String>) -> Option<String> {
                 &[name.as_str().into()],
             )
         });
-        match from_vault {
-            Ok(Ok(Some(k))) => return Some(k),
-            Ok(Ok(None)) => {
-                warning!("quantops: vault secret for embedder \"{}\" not found; trying quantops.embedding_api_key_file", e.name)
-            }
-            Ok(Err(err)) => warning!("quantops: reading the vault secret for embedder \"{}\" failed: {err}", e.name),
-            Err(m) => warning!("quantops: reading the vault secret for embedder \"{}\" failed: {m}", e.name),
-        }
+        return match from_vault {
+            Ok(Ok(Some(k))) => Ok(Some(k)),
+            Ok(Ok(None)) => Err(format!("vault secret \"{name}\" not found (or Supabase Vault is not installed)", name = secret.as_deref().unwrap_or(""))),
+            Ok(Err(err)) => Err(format!("reading the vault secret failed: {err}")),
+            Err(m) => Err(format!("reading the vault secret failed: {m}")),
+        };
     }
-    let path = gucs::embedding_api_key_file()?;
+    let Some(path) = gucs::embedding_api_key_file() else { return Ok(None) };
     match std::fs::read_to_string(&path) {
-        Ok(k) => Some(k.trim().to_string()).filter(|k| !k.is_empty()),
-        Err(err) => {
-            warning!("quantops: cannot read quantops.embedding_api_key_file \"{path}\": {}", err.kind());
-            None
-        }
+        Ok(k) => Ok(Some(k.trim().to_string()).filter(|k| !k.is_empty())),
+        Err(err) => Err(format!("cannot read quantops.embedding_api_key_file \"{path}\": {}", err.kind())),
     }
 }
 
@@ -148,9 +156,14 @@ fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
     let Kind::Http(p) = &e.kind else {
         return Err(format!("embedder \"{}\" is not an http embedder", e.name));
     };
-    // the allowlist is read at every step (a superuser may shrink it with a reload)
-    let api_key = api_key(e, &p.api_key_secret);
-    if let Err(err) = super::egress::check(&p.url, &gucs::embedding_allowed_hosts(), api_key.is_some()) {
+    // the allowlist is read at every step (a superuser may shrink it with a reload), and before
+    // any key is read: a host that is not allowed gets nothing, not even the worker's attention
+    let allowlist = gucs::embedding_allowed_hosts();
+    if let Err(err) = super::egress::check(&p.url, &allowlist, false) {
+        return Err(format!("embedder \"{}\" was not called: {err}", e.name));
+    }
+    let api_key = api_key(&p.api_key_secret).map_err(|m| format!("embedder \"{}\" was not called: {m}", e.name))?;
+    if let Err(err) = super::egress::check(&p.url, &allowlist, api_key.is_some()) {
         return Err(format!("embedder \"{}\" was not called: {err}", e.name));
     }
     let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;

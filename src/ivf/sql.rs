@@ -172,6 +172,11 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
     });
     let (ischema, iname, table_oid, table_name, column, opclass, valid, reloptions, simple, relfilenode, tschema, tname) =
         row.ok_or(IvfError::NoRelation(index_oid.to_u32()))?;
+    // the history and the worker's queue know an index as "schema.name": a dot inside either part
+    // would make two indexes one name
+    if ischema.contains('.') || iname.contains('.') {
+        return Err(IvfError::Unsupported(format!("{ischema}.{iname}"), "a schema or index name with a dot in it".into()));
+    }
     let index_sql = format!("{}.{}", quote_ident(&ischema), quote_ident(&iname));
     if !valid {
         return Err(IvfError::Invalid(format!("{ischema}.{iname}")));

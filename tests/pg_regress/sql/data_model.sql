@@ -25,11 +25,10 @@ rollback to s;
 insert into quantops.signal_embeddings (strategy, symbol, as_of)
   values ('', 'AAPL', '2026-01-02');
 rollback to s;
-insert into quantops.backtest_results (run_id, strategy, period_start, period_end, sharpe)
-  values ('regress-1', 'regress', '2026-01-02', '2026-01-01', 1.0);
+-- backtests go in through record_backtest only (the gates' evidence), which checks them first
+select quantops.record_backtest('regress-1', 'regress', '2026-01-02', '2026-01-01', sharpe => 1.0);
 rollback to s;
-insert into quantops.backtest_results (run_id, strategy, period_start, period_end, sortino)
-  values ('regress-1', 'regress', '2025-01-01', '2026-01-01', 'Infinity');
+select quantops.record_backtest('regress-1', 'regress', '2025-01-01', '2026-01-01', sortino => 'Infinity');
 rollback to s;
 -- good rows go in, and a duplicate natural key is refused
 insert into quantops.signal_embeddings (strategy, symbol, as_of, features, series, tags)
@@ -37,9 +36,8 @@ insert into quantops.signal_embeddings (strategy, symbol, as_of, features, serie
 insert into quantops.signal_embeddings (strategy, symbol, as_of)
   values ('regress', 'AAPL', '2026-01-02');
 rollback to s;
-insert into quantops.backtest_results (run_id, strategy, period_start, period_end, sharpe, max_drawdown, trades)
-  values ('regress-2', 'regress', '2025-01-01', '2026-01-01', 1.4, 0.12, 240)
-  returning run_id, sharpe, max_drawdown, trades;
+select r ->> 'run_id' as run_id, r ->> 'sharpe' as sharpe, r ->> 'max_drawdown' as max_drawdown, r ->> 'trades' as trades
+  from quantops.record_backtest('regress-2', 'regress', '2025-01-01', '2026-01-01', sharpe => 1.4, max_drawdown => 0.12, trades => 240) r;
 -- configure refuses bad input with 22023 and leaves the settings alone
 select quantops.configure(dims => 0);
 rollback to s;
