@@ -302,7 +302,7 @@ fn gate_evidence_aliases_and_ids_are_written_only_through_quantops() {
         expect_err(request(&who, "delete from quantops.backtest_results", &[]), "42501", "permission denied");
         let r = request(
             &who,
-            "insert into quantops.signal_embeddings overriding system value (id, strategy, symbol, as_of) values (1, 's', 'x', now())",
+            "insert into quantops.signal_embeddings (id, strategy, symbol, as_of) overriding system value values (1, 's', 'x', now())",
             &[],
         );
         expect_err(r, "42501", "permission denied");
