@@ -469,22 +469,29 @@ begin
         pg_catalog.replace(g.fn, '@vector@', v_vector), r);
     end loop;
   end loop;
-  -- tables: privileges decide which roles reach a table, RLS policies which rows
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
-    execute 'grant select, insert, update, delete on quantops.signal_embeddings, quantops.backtest_results to authenticated';
-    execute 'grant select on quantops.signal_embeddings_archive, quantops.audit_log, quantops.settings, '
-      'quantops.signal_embedding_history, quantops.models, quantops.model_versions, quantops.model_aliases, '
-      'quantops.alias_history, quantops.backtest_leaderboard to authenticated';
-  end if;
+  -- tables: privileges decide which roles reach a table, RLS policies which rows.
+  -- Signals: every column but id (no OVERRIDING SYSTEM VALUE: an id chosen by a caller could
+  -- collide with an archived row and stop the prune and restores for everyone). Backtests are
+  -- the gates' evidence: written only through record_backtest(), never directly.
+  foreach r in array array['authenticated', 'service_role', 'postgres'] loop
+    continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
+    execute pg_catalog.format('grant select, delete, '
+      'insert (strategy, symbol, as_of, features, series, rationale, tags, owner, embedding, embedder, embedder_version, '
+      'input_hash, embedded_at, created_at, updated_at), '
+      'update (strategy, symbol, as_of, features, series, rationale, tags, owner, embedding, embedder, embedder_version, '
+      'input_hash, embedded_at, created_at, updated_at) on quantops.signal_embeddings to %I', r);
+    execute pg_catalog.format('grant select on quantops.signal_embeddings_archive, quantops.backtest_results, quantops.audit_log, '
+      'quantops.settings, quantops.signal_embedding_history, quantops.models, quantops.model_versions, quantops.model_aliases, '
+      'quantops.alias_history, quantops.backtest_leaderboard to %I', r);
+  end loop;
   foreach r in array array['service_role', 'postgres'] loop
     continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
-    execute pg_catalog.format('grant select, insert, update, delete on quantops.signal_embeddings, '
-      'quantops.signal_embeddings_archive, quantops.backtest_results to %I', r);
     -- a job may be paused or rescheduled (never renamed); the rebuild thresholds tuned
     execute pg_catalog.format('grant select, update (enabled, run_every, next_run_at) on quantops.jobs to %I', r);
     execute pg_catalog.format('grant select, update on quantops.index_policy to %I', r);
-    -- direct writes of an alias are allowed, and still pass the gates (a constraint trigger)
-    execute pg_catalog.format('grant select, insert, update on quantops.model_aliases to %I', r);
+    -- an alias may be written directly: created, or moved to another version, and still through
+    -- the gates (a constraint trigger); never renamed or given to another model
+    execute pg_catalog.format('grant insert (model_id, alias, version), update (version) on quantops.model_aliases to %I', r);
     execute pg_catalog.format('grant select on quantops.job_runs, quantops.workers, quantops.audit_log, '
       'quantops.audit_heads, quantops.settings, quantops.embedders, quantops.embedding_queue, '
       'quantops.embedding_failures, quantops.signal_embedding_history, quantops.embedding_status, '
@@ -1074,52 +1081,58 @@ create procedure quantops.prune(dry_run boolean default false, batch_size intege
                                 max_rows bigint default null, policy text default null,
                                 inout report jsonb default null)
 language plpgsql
+-- no SET clause (a procedure with one cannot commit): it runs with its caller's rights under its
+-- caller's search_path, so every type, function and operator in it is qualified, and literals
+-- are typed (an unknown literal would let an operator of another schema win)
 as $$
 declare
   v_run     bigint;
-  v_batch   jsonb;
+  v_batch   pg_catalog.jsonb;
   v_moved   bigint := 0;
   v_batches integer := 0;
-  v_started timestamptz := pg_catalog.clock_timestamp();
-  v_before  jsonb;
-  v_after   jsonb;
-  v_per     jsonb := '{}'::jsonb;
+  v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+  v_before  pg_catalog.jsonb;
+  v_after   pg_catalog.jsonb;
+  v_per     pg_catalog.jsonb := '{}'::pg_catalog.jsonb;
 begin
   if dry_run is null then
     raise exception 'dry_run must not be null' using errcode = '22004';
   end if;
-  if max_rows is not null and max_rows < 1 then
+  if max_rows is not null and max_rows operator(pg_catalog.<) 1::bigint then
     raise exception 'max_rows must be positive, not %', max_rows using errcode = '22023';
   end if;
   if dry_run then
-    select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]'::jsonb) into v_per
+    select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]'::pg_catalog.jsonb) into v_per
       from quantops.prune_plan(policy) x;
     report := pg_catalog.jsonb_build_object('dry_run', true, 'policies', v_per,
-      'rows_to_move', (select coalesce(sum((e ->> 'rows_to_move')::bigint), 0) from pg_catalog.jsonb_array_elements(v_per) e));
+      'rows_to_move', (select coalesce(pg_catalog.sum((e operator(pg_catalog.->>) 'rows_to_move'::pg_catalog.text)::bigint), 0::pg_catalog.numeric)
+                         from pg_catalog.jsonb_array_elements(v_per) e));
     return;
   end if;
-  if batch_size is null or batch_size < 1 or batch_size > 100000 then
-    raise exception 'batch_size must be between 1 and 100000, not %', coalesce(batch_size::text, 'null') using errcode = '22023';
+  if batch_size is null or batch_size operator(pg_catalog.<) 1 or batch_size operator(pg_catalog.>) 100000 then
+    raise exception 'batch_size must be between 1 and 100000, not %', coalesce(batch_size::pg_catalog.text, 'null') using errcode = '22023';
   end if;
   v_before := quantops._prune_health();
   v_run := quantops._prune_record(null, null, null);
   perform quantops._prune_start(policy);
   commit;
   loop
-    exit when max_rows is not null and v_moved >= max_rows;
+    exit when max_rows is not null and v_moved operator(pg_catalog.>=) max_rows;
     v_batch := quantops.prune_batch(policy, case when max_rows is null then batch_size
-                                                 else least(batch_size, max_rows - v_moved)::integer end);
-    exit when (v_batch ->> 'idle')::boolean;
-    v_moved := v_moved + (v_batch ->> 'moved')::bigint;
-    v_batches := v_batches + 1;
-    v_per := pg_catalog.jsonb_set(v_per, array[v_batch ->> 'policy'],
-               pg_catalog.to_jsonb(coalesce((v_per ->> (v_batch ->> 'policy'))::bigint, 0) + (v_batch ->> 'moved')::bigint));
+                                                 else least(batch_size::bigint, max_rows operator(pg_catalog.-) v_moved)::integer end);
+    exit when (v_batch operator(pg_catalog.->>) 'idle'::pg_catalog.text)::boolean;
+    v_moved := v_moved operator(pg_catalog.+) (v_batch operator(pg_catalog.->>) 'moved'::pg_catalog.text)::bigint;
+    v_batches := v_batches operator(pg_catalog.+) 1;
+    v_per := pg_catalog.jsonb_set(v_per, array[v_batch operator(pg_catalog.->>) 'policy'::pg_catalog.text],
+               pg_catalog.to_jsonb(coalesce((v_per operator(pg_catalog.->>) (v_batch operator(pg_catalog.->>) 'policy'::pg_catalog.text))::bigint, 0::bigint)
+                                   operator(pg_catalog.+) (v_batch operator(pg_catalog.->>) 'moved'::pg_catalog.text)::bigint));
     perform quantops._prune_record(v_run, v_moved, null);
     commit;
   end loop;
   v_after := quantops._prune_health();
   report := pg_catalog.jsonb_build_object('run_id', v_run, 'moved', v_moved, 'batches', v_batches,
-    'by_policy', v_per, 'duration_ms', pg_catalog.round((extract(epoch from pg_catalog.clock_timestamp() - v_started) * 1000)::numeric, 1),
+    'by_policy', v_per, 'duration_ms', pg_catalog.round((extract(epoch from pg_catalog.clock_timestamp() operator(pg_catalog.-) v_started)
+                                                            operator(pg_catalog.*) 1000::pg_catalog.numeric), 1),
     'health_before', v_before, 'health_after', v_after);
   perform quantops._prune_record(v_run, v_moved, report);
   commit;
@@ -1200,10 +1213,7 @@ language plpgsql
 -- STABLE: it only reads (its set_config calls are local to the transaction), so PostgREST sends
 -- it as a read-only GET, which a read replica can serve
 stable
--- pgvector's operators resolve wherever pgvector lives (Supabase: extensions): finalize.sql pins
--- the path to pg_catalog, <pgvector's schema>, pg_temp; every other operator in it has exact
--- pg_catalog argument types, so pg_catalog's wins
-set search_path from current
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -1213,8 +1223,10 @@ declare
   v_probes   integer;
   v_strat    text[];
   v_sym      text[];
-  v_filter   jsonb := coalesce(filter, '{}'::jsonb);
+  v_filter   jsonb := coalesce(filter, '{}'::pg_catalog.jsonb);
   k          text;
+  v_vs       text;
+  v_op       text;
 begin
   if query_embedding is null then
     raise exception 'query_embedding must not be null' using errcode = '22004';
@@ -1222,67 +1234,57 @@ begin
   if match_count is null or match_count < 1 or match_count > 1000 then
     raise exception 'match_count must be between 1 and 1000, not %', coalesce(match_count::text, 'null') using errcode = '22023';
   end if;
-  if pg_catalog.jsonb_typeof(v_filter) <> 'object' then
+  if pg_catalog.jsonb_typeof(v_filter) operator(pg_catalog.<>) 'object'::pg_catalog.text then
     raise exception 'filter must be a JSON object, not %', pg_catalog.jsonb_typeof(v_filter) using errcode = '22023';
   end if;
   for k in select pg_catalog.jsonb_object_keys(v_filter) loop
-    if k not in ('strategy', 'symbol') then
+    if not (k operator(pg_catalog.=) 'strategy'::pg_catalog.text or k operator(pg_catalog.=) 'symbol'::pg_catalog.text) then
       raise exception 'unknown filter key "%"', k using errcode = '22023', hint = 'filter keys: strategy, symbol';
     end if;
   end loop;
-  v_strat := quantops._text_list(v_filter -> 'strategy', 'strategy');
-  v_sym := quantops._text_list(v_filter -> 'symbol', 'symbol');
+  v_strat := quantops._text_list(v_filter operator(pg_catalog.->) 'strategy'::pg_catalog.text, 'strategy');
+  v_sym := quantops._text_list(v_filter operator(pg_catalog.->) 'symbol'::pg_catalog.text, 'symbol');
   select st.embedding_dims, st.index_metric, st.index_lists, st.search_probes into v_dims, v_metric, v_lists, v_probes
     from quantops.settings st;
   if v_dims is null then
     raise exception 'quantops is not configured' using errcode = '55000', hint = 'run quantops.configure(dims => ...) first';
   end if;
-  if pg_catalog.array_length(query_embedding::real[], 1) <> v_dims then
+  if pg_catalog.array_length(query_embedding::real[], 1) operator(pg_catalog.<>) v_dims then
     raise exception 'query_embedding has % dimensions, not %', pg_catalog.array_length(query_embedding::real[], 1), v_dims
       using errcode = '22000';
   end if;
   -- the probes that reach the target recall (quantops.index_health(recall => true) finds them);
   -- the iterative scan goes on probing when filters drop rows, so filters never return too few
   perform pg_catalog.set_config('ivfflat.probes',
-    coalesce(v_probes, greatest(1, pg_catalog.round(pg_catalog.sqrt(coalesce(v_lists, 1)))::integer))::text, true);
+    coalesce(v_probes, greatest(1, pg_catalog.round(pg_catalog.sqrt(coalesce(v_lists, 1)::pg_catalog.float8))::integer))::text, true);
   perform pg_catalog.set_config('ivfflat.iterative_scan', 'relaxed_order', true);
-  if v_metric = 'l2' then
-    return query
-      with d as materialized (
-        select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags,
-               (s.embedding <-> query_embedding)::double precision as dist
-          from quantops.signal_embeddings s
-         where s.embedding is not null and (v_strat is null or s.strategy = any (v_strat))
-           and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
-         order by s.embedding <-> query_embedding
-         limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, 1::pg_catalog.float8 / (1::pg_catalog.float8 + d.dist), d.dist, d.features, d.rationale, d.tags
-        from d order by d.dist, d.id;
-  elsif v_metric = 'ip' then
-    return query
-      with d as materialized (
-        select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags,
-               (s.embedding <#> query_embedding)::double precision as dist
-          from quantops.signal_embeddings s
-         where s.embedding is not null and (v_strat is null or s.strategy = any (v_strat))
-           and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
-         order by s.embedding <#> query_embedding
-         limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, -d.dist, d.dist, d.features, d.rationale, d.tags
-        from d order by d.dist, d.id;
-  else
-    return query
-      with d as materialized (
-        select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags,
-               (s.embedding <=> query_embedding)::double precision as dist
-          from quantops.signal_embeddings s
-         where s.embedding is not null and (v_strat is null or s.strategy = any (v_strat))
-           and (v_sym is null or s.symbol = any (v_sym)) and (match_signals.as_of is null or s.as_of <= match_signals.as_of)
-         order by s.embedding <=> query_embedding
-         limit match_count)
-      select d.id, d.strategy, d.symbol, d.as_of, 1::pg_catalog.float8 - d.dist, d.dist, d.features, d.rationale, d.tags
-        from d order by d.dist, d.id;
-  end if;
+  -- pgvector's operators, qualified by the schema pgvector lives in now (found by its oid, so a
+  -- renamed schema is followed and a schema that took the old name is not), in a statement built
+  -- here: no search_path decides which operator runs, and no column dependency pins the type
+  -- that configure() sets
+  select n.nspname into v_vs from pg_catalog.pg_extension e
+    join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) e.extnamespace
+   where e.extname operator(pg_catalog.=) 'vector'::pg_catalog.name;
+  v_op := case v_metric when 'l2' then '<->' when 'ip' then '<#>' else '<=>' end;
+  -- the rows come from the statement below; the OUT variables stay unused (said so for linters,
+  -- which cannot see through a dynamic statement)
+  id := null; strategy := null; symbol := null; signal_as_of := null; similarity := null; distance := null;
+  features := null; rationale := null; tags := null;
+  return query execute pg_catalog.format(
+    'select d.id, d.strategy, d.symbol, d.as_of, %s, d.dist, d.features, d.rationale, d.tags from ('
+    '  select s.id, s.strategy, s.symbol, s.as_of, s.features, s.rationale, s.tags, '
+    '         (s.embedding operator(%I.%s) $1)::pg_catalog.float8 as dist '
+    '    from quantops.signal_embeddings s '
+    '   where s.embedding is not null and ($3 is null or s.strategy operator(pg_catalog.=) any ($3)) '
+    '     and ($4 is null or s.symbol operator(pg_catalog.=) any ($4)) and ($5 is null or s.as_of operator(pg_catalog.<=) $5) '
+    '   order by s.embedding operator(%I.%s) $1 limit $2) d '
+    'order by d.dist, d.id',
+    case v_metric
+      when 'l2' then '1::pg_catalog.float8 operator(pg_catalog./) (1::pg_catalog.float8 operator(pg_catalog.+) d.dist)'
+      when 'ip' then 'operator(pg_catalog.-) d.dist'
+      else '1::pg_catalog.float8 operator(pg_catalog.-) d.dist' end,
+    v_vs, v_op, v_vs, v_op)
+  using query_embedding, match_count, v_strat, v_sym, match_signals.as_of;
 end
 $$;
 comment on function quantops.match_signals(vector, integer, jsonb, timestamptz) is
@@ -1488,6 +1490,10 @@ begin
     if chk = 'storage' then
       if pg_catalog.to_regclass('storage.objects') is null then
         out := out || 'no storage.objects table to check the artifact in: set quantops.settings.artifact_check explicitly with quantops.set_artifact_check(''off'')'::text;
+      -- read as the owner: only a plain table, whose read runs nobody's code (a view or a foreign
+      -- table of that name, made where Storage is absent, would run its maker's code here)
+      elsif (select c.relkind from pg_catalog.pg_class c where c.oid = pg_catalog.to_regclass('storage.objects')) <> 'r' then
+        out := out || 'storage.objects is not a table: the artifact is not checked in a view or a foreign table'::text;
       elsif not quantops._artifact_exists(v.artifact_bucket, v.artifact_prefix) then
         out := out || pg_catalog.format('no artifact under %s/%s in storage.objects', v.artifact_bucket, v.artifact_prefix);
       end if;
@@ -1568,6 +1574,26 @@ begin
   return null;
 end
 $$;
+-- Who moved an alias and when is recorded, not claimed; an alias keeps its model and its name
+-- (the history, the outbox and the audit follow a move of its version).
+create function quantops._alias_touch() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if tg_op = 'UPDATE' and (new.model_id, new.alias) is distinct from (old.model_id, old.alias) then
+    raise exception 'alias "%" cannot be renamed or given to another model', old.alias using errcode = '0A000',
+      hint = 'promote() the version under the other alias; an alias''s history stays with it';
+  end if;
+  new.updated_at := pg_catalog.now();
+  new.updated_by := quantops._caller_role();
+  return new;
+end
+$$;
+create trigger model_aliases_touch before insert or update on quantops.model_aliases
+  for each row execute function quantops._alias_touch();
+alter table quantops.model_aliases enable always trigger model_aliases_touch;
+
 create constraint trigger model_aliases_gates after insert or update on quantops.model_aliases
   for each row execute function quantops._alias_gates();
 alter table quantops.model_aliases enable always trigger model_aliases_gates;
@@ -2273,7 +2299,7 @@ AS 'MODULE_PATHNAME', 'flags_invalidate_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/registry/sql.rs:55
+-- src/registry/sql.rs:52
 -- quantops::registry::sql::_gates_consume
 CREATE  FUNCTION "_gates_consume"(
 	"key" TEXT /* & str */
@@ -2284,7 +2310,7 @@ AS 'MODULE_PATHNAME', 'gates_consume_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/registry/sql.rs:48
+-- src/registry/sql.rs:45
 -- quantops::registry::sql::_gates_passed
 CREATE  FUNCTION "_gates_passed"(
 	"key" TEXT /* & str */
@@ -2295,7 +2321,7 @@ AS 'MODULE_PATHNAME', 'gates_passed_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ivf/sql.rs:685
+-- src/ivf/sql.rs:690
 -- quantops::ivf::sql::_index_health
 CREATE  FUNCTION "_index_health"(
 	"target" oid DEFAULT NULL, /* Option < pg_sys :: Oid > */
@@ -2311,7 +2337,7 @@ AS 'MODULE_PATHNAME', 'index_health_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ivf/sql.rs:546
+-- src/ivf/sql.rs:551
 -- quantops::ivf::sql::_index_state
 CREATE  FUNCTION "_index_state"() RETURNS jsonb /* Result < Option < JsonB > , ErrorReport > */
 STRICT 
@@ -2320,7 +2346,7 @@ AS 'MODULE_PATHNAME', 'index_state_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ivf/sql.rs:836
+-- src/ivf/sql.rs:841
 -- quantops::ivf::sql::_maintain_index
 CREATE  FUNCTION "_maintain_index"(
 	"target" oid DEFAULT NULL, /* Option < pg_sys :: Oid > */
@@ -2333,7 +2359,7 @@ AS 'MODULE_PATHNAME', 'maintain_index_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/embedding/sql.rs:844
+-- src/embedding/sql.rs:847
 -- quantops::embedding::sql::_wake_worker
 CREATE  FUNCTION "_wake_worker"() RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE
@@ -2376,7 +2402,7 @@ AS 'MODULE_PATHNAME', 'configure_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/embedding/sql.rs:237
+-- src/embedding/sql.rs:240
 -- quantops::embedding::sql::embedding_input_hash
 CREATE  FUNCTION "embedding_input_hash"(
 	"name" TEXT, /* Option < & str > */
@@ -2456,7 +2482,7 @@ AS 'MODULE_PATHNAME', 'redact_secrets_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/embedding/sql.rs:703
+-- src/embedding/sql.rs:706
 -- quantops::embedding::sql::refresh_embeddings
 CREATE  FUNCTION "refresh_embeddings"(
 	"max_rows" bigint DEFAULT 100000, /* Option < i64 > */
@@ -2499,7 +2525,7 @@ AS 'MODULE_PATHNAME', 'require_flag_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/embedding/sql.rs:817
+-- src/embedding/sql.rs:820
 -- quantops::embedding::sql::retry_failed
 CREATE  FUNCTION "retry_failed"(
 	"embedder" TEXT DEFAULT NULL, /* Option < & str > */
@@ -2520,7 +2546,7 @@ AS 'MODULE_PATHNAME', 'run_job_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/embedding/sql.rs:218
+-- src/embedding/sql.rs:221
 -- quantops::embedding::sql::set_embedder
 CREATE  FUNCTION "set_embedder"(
 	"name" TEXT, /* Option < & str > */
@@ -2540,7 +2566,7 @@ AS 'MODULE_PATHNAME', 'status_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/embedding/sql.rs:781
+-- src/embedding/sql.rs:784
 -- quantops::embedding::sql::sweep_embeddings
 CREATE  FUNCTION "sweep_embeddings"() RETURNS bigint /* Result < i64, ErrorReport > */
 STRICT
@@ -2626,18 +2652,7 @@ alter function quantops._wake_worker() set search_path = pg_catalog, pg_temp;
 alter function quantops._audit_digest(bytea, text) set search_path = pg_catalog, pg_temp;
 alter function quantops.redact_secrets(jsonb) set search_path = pg_catalog, pg_temp;
 
--- Agent memory search runs with its caller's rights (RLS) and pgvector's operators: pg_catalog
--- first, then pgvector's schema, the session's temporary schema last (never first, as an empty
--- or unpinned path would search it for types).
-do $$
-declare
-  s text := (select n.nspname from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
-              where e.extname = 'vector');
-begin
-  execute pg_catalog.format('alter function quantops.match_signals(%I.vector, integer, jsonb, timestamptz) '
-                            'set search_path = pg_catalog, %I, pg_temp', s, s);
-end
-$$;
+
 
 -- Default deny: nobody but the owner runs anything until granted.
 revoke execute on all routines in schema quantops from public;
