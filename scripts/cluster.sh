@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local PostgreSQL 15 cluster, in .cluster/ of this project.
 #   scripts/cluster.sh init|start|stop|restart|reset|status|shape|psql [args]|url|prepare
+#   scripts/cluster.sh replica start|stop|reset|promote|psql [args]|status
 # Runs as the postgres OS user (never root), on 127.0.0.1:$QUANTOPS_PORT (default 55432; never
 # 5432, 54322 or 54320, which the Supabase CLI treats as its own), with
 # shared_preload_libraries = 'quantops,pg_cron'. Idempotent: init and start skip what is done.
@@ -102,13 +103,44 @@ stop() {
   fi
 }
 
+# A streaming replica of this cluster (pg_basebackup -R), quantops preloaded as on the primary, on
+# 127.0.0.1:$QUANTOPS_REPLICA_PORT (default: the primary's port + 3). Its scheduler worker waits for
+# the end of recovery (it starts after a promotion).
+REPLICA_PORT=${QUANTOPS_REPLICA_PORT:-$((PORT + 3))}
+RDATA=$DIR/replica-data
+RRUN=$DIR/replica-run
+RLOG=$DIR/replica.log
+replica() {
+  case "${1:-status}" in
+    start)
+      if [ ! -f "$RDATA/PG_VERSION" ]; then
+        mkdir -p "$RRUN"; chown postgres:postgres "$RRUN"
+        as_pg "$BIN/pg_basebackup" -h "$RUN" -p "$PORT" -U "$SUPER" -D "$RDATA" -R -X stream -c fast >/dev/null
+        cat >> "$RDATA/postgresql.conf" <<CONF
+# the replica (scripts/cluster.sh replica)
+port = $REPLICA_PORT
+unix_socket_directories = '$RRUN'
+hot_standby = on
+CONF
+      fi
+      as_pg "$BIN/pg_ctl" -D "$RDATA" status >/dev/null 2>&1 || as_pg "$BIN/pg_ctl" -D "$RDATA" -l "$RLOG" -w -t 60 start >/dev/null ;;
+    stop) [ -f "$RDATA/PG_VERSION" ] && as_pg "$BIN/pg_ctl" -D "$RDATA" -m fast -w stop >/dev/null 2>&1 || true ;;
+    reset) replica stop; rm -rf "$RDATA" "$RRUN"; replica start ;;
+    promote) as_pg "$BIN/pg_ctl" -D "$RDATA" -w promote >/dev/null ;;
+    psql) shift; exec runuser -u postgres -- "$BIN/psql" -X -h "$RRUN" -p "$REPLICA_PORT" -U "$SUPER" -d postgres "$@" ;;
+    status) if [ -f "$RDATA/PG_VERSION" ] && as_pg "$BIN/pg_ctl" -D "$RDATA" status >/dev/null 2>&1; then echo "replica running on 127.0.0.1:$REPLICA_PORT"; else echo "replica stopped"; exit 3; fi ;;
+    *) echo "usage: $0 replica start|stop|reset|promote|psql|status" >&2; exit 2 ;;
+  esac
+}
+
 case "${1:-status}" in
+  replica) shift; replica "$@" ;;
   init) init ;;
   prepare) ensure_traversable ;;
   start) start ;;
   stop) stop "${2:-fast}" ;;
   restart) stop; start ;;
-  reset) stop immediate || true; rm -rf "$DIR"; start ;;
+  reset) replica stop || true; stop immediate || true; rm -rf "$DIR"; start ;;
   shape) shape ;;
   status) if [ -f "$DATA/PG_VERSION" ] && running; then echo "running on 127.0.0.1:$PORT ($DATA, $SHAPE shape)"; else echo "stopped"; exit 3; fi ;;
   # psql as the bootstrap superuser (supabase_admin, or postgres on a plain cluster); -U overrides

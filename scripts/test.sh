@@ -44,3 +44,4 @@ cargo test --features integration --test flags -- --test-threads=1
 cargo test --features integration --test integration -- --test-threads=1
 cargo test --features integration --test security -- --test-threads=1
 cargo test --features integration --test hostile -- --test-threads=1
+cargo test --features integration --test standby -- --test-threads=1

@@ -35,6 +35,23 @@ as $$
               else pg_catalog.current_setting('role') end
 $$;
 
+-- A function that writes refuses to run on a read replica with 25006 and says where to go,
+-- before it does anything (PostgreSQL alone would say only "cannot execute INSERT in a read-only
+-- transaction", or fail earlier assigning a transaction id).
+create function quantops._require_primary(fn text) returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if pg_catalog.pg_is_in_recovery() then
+    raise exception 'cannot run quantops.%() on a read replica', fn using errcode = '25006',
+      detail = 'this server is a hot standby in recovery: quantops.' || fn || '() writes',
+      hint = 'call it on the primary; a replica serves quantops'' reads (README: Read replicas and scale-out)';
+  end if;
+end
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Settings: one row. quantops.configure(dims => ...) writes it.
 -- ---------------------------------------------------------------------------------------------
@@ -402,6 +419,8 @@ begin
       ('quantops.backtest_metrics(double precision[], integer, double precision)', 'authenticated'),
       -- service_role and postgres: flows and maintenance
       ('quantops._caller_role()', 'service_role'),
+      -- the prune procedure runs with its caller's rights; it first asks whether this is a primary
+      ('quantops._require_primary(text)', 'service_role'),
       ('quantops._audit_payload(quantops.audit_log)', 'service_role'),
       ('quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb)', 'service_role'),
       ('quantops.verify_audit(text)', 'service_role'),

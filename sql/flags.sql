@@ -93,6 +93,7 @@ as $$
 declare
   r quantops.flags;
 begin
+  perform quantops._require_primary('set_flag');
   if key is null or definition is null then
     raise exception 'key and definition must not be null' using errcode = '22004';
   end if;
@@ -116,6 +117,7 @@ as $$
 declare
   r quantops.flags;
 begin
+  perform quantops._require_primary('kill_flag');
   if key is null or killed is null then
     raise exception 'key and killed must not be null' using errcode = '22004';
   end if;
@@ -134,6 +136,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  perform quantops._require_primary('drop_flag');
   delete from quantops.flags f where f.key = drop_flag.key;
   if not found then
     raise exception 'flag "%" does not exist', key using errcode = '42704';

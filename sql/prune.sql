@@ -62,6 +62,7 @@ as $$
 declare
   r quantops.retention_policies;
 begin
+  perform quantops._require_primary('set_retention');
   if name is null or kind is null or enabled is null then
     raise exception 'name, kind and enabled must not be null' using errcode = '22004';
   end if;
@@ -114,6 +115,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  perform quantops._require_primary('drop_retention');
   if name is null then
     raise exception 'name must not be null' using errcode = '22004';
   end if;
@@ -176,6 +178,7 @@ as $$
 declare
   n integer;
 begin
+  perform quantops._require_primary('_prune_start');
   if policy is not null and not exists (select 1 from quantops.retention_policies p where p.name = policy) then
     raise exception 'retention policy "%" does not exist', policy using errcode = '42704';
   end if;
@@ -209,6 +212,7 @@ declare
   v_as_of  timestamptz;
   v_id     bigint;
 begin
+  perform quantops._require_primary('prune_batch');
   if batch_size is null or batch_size < 1 or batch_size > 100000 then
     raise exception 'batch_size must be between 1 and 100000, not %', coalesce(batch_size::text, 'null')
       using errcode = '22023';
@@ -303,6 +307,7 @@ as $$
 declare
   n bigint;
 begin
+  perform quantops._require_primary('restore_archived');
   if ids is null and reason is null then
     raise exception 'give ids or reason' using errcode = '22004',
       hint = 'restore_archived(ids => array[...]) or restore_archived(reason => ''retention policy <name>'')';
@@ -342,6 +347,7 @@ as $$
 declare
   v_id bigint := run;
 begin
+  perform quantops._require_primary('_prune_record');
   if v_id is null then
     insert into quantops.job_runs (job, runner) values ('prune', 'sql:' || quantops._caller_role()) returning id into v_id;
   elsif report is null then
@@ -391,6 +397,7 @@ declare
   v_after   pg_catalog.jsonb;
   v_per     pg_catalog.jsonb := '{}'::pg_catalog.jsonb;
 begin
+  perform quantops._require_primary('prune');
   if dry_run is null then
     raise exception 'dry_run must not be null' using errcode = '22004';
   end if;

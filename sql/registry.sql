@@ -353,6 +353,7 @@ as $$
 declare
   v_id bigint;
 begin
+  perform quantops._require_primary('create_model');
   if name is null or kind is null then
     raise exception 'name and kind must not be null' using errcode = '22004';
   end if;
@@ -393,6 +394,7 @@ declare
   p  text;
   h  bytea;
 begin
+  perform quantops._require_primary('register_model_version');
   m := quantops._model(model);
   perform 1 from quantops.models x where x.id = m.id for update;
   select coalesce(max(x.version), 0) + 1 into v from quantops.model_versions x where x.model_id = m.id;
@@ -440,6 +442,7 @@ declare
   cur  quantops.model_aliases;
   bad  text[];
 begin
+  perform quantops._require_primary('promote');
   m := quantops._model(model);
   if version is null or alias is null then
     raise exception 'version and alias must not be null' using errcode = '22004';
@@ -494,6 +497,7 @@ declare
   cur   quantops.model_aliases;
   prev  integer;
 begin
+  perform quantops._require_primary('rollback');
   m := quantops._model(model);
   select * into cur from quantops.model_aliases a where a.model_id = m.id and a.alias = rollback.alias;
   if not found then
@@ -534,6 +538,7 @@ declare
   mid bigint;
   r   quantops.promotion_policies;
 begin
+  perform quantops._require_primary('set_promotion_policy');
   if alias is null or require_artifact is null then
     raise exception 'alias and require_artifact must not be null' using errcode = '22004';
   end if;
@@ -575,6 +580,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  perform quantops._require_primary('set_artifact_check');
   if mode is null or mode not in ('storage', 'off') then
     raise exception 'artifact check must be storage or off, not %', coalesce(mode, 'null') using errcode = '22023';
   end if;
@@ -617,6 +623,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  perform quantops._require_primary('consume_events');
   if consumer is null or pg_catalog.length(consumer) not between 1 and 200 then
     raise exception 'consumer must be a name of 1 to 200 characters' using errcode = '22023';
   end if;
@@ -639,6 +646,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  perform quantops._require_primary('ack_event');
   update quantops.outbox o set acked_at = pg_catalog.clock_timestamp(), acked_by = consumer
    where o.id = ack_event.id and o.acked_at is null and o.leased_by = consumer;
   if not found then
@@ -675,6 +683,7 @@ declare
   k    text;
   x    double precision;
 begin
+  perform quantops._require_primary('record_backtest');
   if run_id is null or strategy is null or period_start is null or period_end is null then
     raise exception 'run_id, strategy, period_start and period_end must not be null' using errcode = '22004';
   end if;

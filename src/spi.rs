@@ -270,3 +270,20 @@ pub fn read_only() -> bool {
     // SAFETY: reads backend globals
     unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() }
 }
+
+/// Refuses a writing function on a read replica (25006) before it does anything: PostgreSQL alone
+/// would fail later, or with XX000 when pgrx assigns a transaction id, and say nothing of where to
+/// go. The SQL functions that write call quantops._require_primary() the same way.
+pub fn require_primary(function: &str) -> Result<(), pgrx::pg_sys::panic::ErrorReport> {
+    // SAFETY: reads shared memory state
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("cannot run quantops.{function}() on a read replica"),
+            "quantops",
+        )
+        .set_detail(format!("this server is a hot standby in recovery: quantops.{function}() writes"))
+        .set_hint("call it on the primary; a replica serves quantops' reads (README: Read replicas and scale-out)"));
+    }
+    Ok(())
+}

@@ -259,6 +259,7 @@ fn function_rules() -> BTreeMap<&'static str, [bool; 4]> {
         ("prune_plan(text)", [false, false, true, true]),
         ("restore_archived(bigint[],text,integer)", [false, false, true, true]),
         ("_prune_record(bigint,bigint,jsonb)", [false, false, true, true]),
+        ("_require_primary(text)", [false, false, true, true]),
         ("_prune_health()", [false, false, true, true]),
         ("_index_state()", [false, false, false, false]),
         ("prune(boolean,integer,bigint,text,jsonb)", [false, false, true, true]),

@@ -219,6 +219,7 @@ fn log_tool_call(
     result: default!(Option<JsonB>, "NULL"),
     agent: default!(Option<&str>, "NULL"),
 ) -> Result<Uuid, ErrorReport> {
+    crate::spi::require_primary("log_tool_call")?;
     let extra = match agent {
         Some(a) => json!({ "agent": check_name("agent", Some(a))? }),
         None => json!({}),
@@ -236,6 +237,7 @@ fn log_flow_run(
     outcome: default!(Option<&str>, "NULL"),
     result: default!(Option<JsonB>, "NULL"),
 ) -> Result<Uuid, ErrorReport> {
+    crate::spi::require_primary("log_flow_run")?;
     Ok(pair("flow run", "flow_runs", flow, phase, run_id, parameters, outcome, result, json!({}))?)
 }
 

@@ -82,6 +82,7 @@ fn configure(
     lists: default!(Option<i32>, "NULL"),
     metric: default!(Option<&str>, "'cosine'"),
 ) -> Result<JsonB, ErrorReport> {
+    crate::spi::require_primary("configure")?;
     let started = std::time::Instant::now();
     let dims = dims.ok_or(ConfigError::Null("dims"))?;
     let metric = metric.ok_or(ConfigError::Null("metric"))?;

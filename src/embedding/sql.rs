@@ -139,6 +139,7 @@ fn register_embedder(
     params: default!(Option<JsonB>, "'{}'"),
     activate: default!(Option<bool>, "false"),
 ) -> Result<i32, ErrorReport> {
+    crate::spi::require_primary("register_embedder")?;
     let started = Instant::now();
     let name = name.ok_or(EmbeddingError::Null("name"))?;
     let kind = kind.ok_or(EmbeddingError::Null("kind"))?;
@@ -220,6 +221,7 @@ fn activate_embedder(name: &str, version: i32) -> Result<i64, EmbeddingError> {
 /// every row that another embedder made.
 #[pg_extern]
 fn set_embedder(name: Option<&str>, version: default!(Option<i32>, "NULL")) -> Result<JsonB, ErrorReport> {
+    crate::spi::require_primary("set_embedder")?;
     let name = name.ok_or(EmbeddingError::Null("name"))?;
     let version = match version {
         Some(v) => v,
@@ -712,6 +714,7 @@ fn refresh_embeddings(
     TableIterator<'static, (name!(done, i64), name!(unchanged, i64), name!(failed, i64), name!(remaining, i64))>,
     ErrorReport,
 > {
+    crate::spi::require_primary("refresh_embeddings")?;
     let started = Instant::now();
     let max_rows = max_rows.ok_or(EmbeddingError::Null("max_rows"))?;
     let budget = time_budget_ms.ok_or(EmbeddingError::Null("time_budget_ms"))?;
@@ -783,6 +786,7 @@ fn join(h: std::thread::JoinHandle<Computed>) -> Computed {
 /// dead-lettered for the same input stay dead-lettered. Returns the rows enqueued.
 #[pg_extern]
 fn sweep_embeddings() -> Result<i64, ErrorReport> {
+    crate::spi::require_primary("sweep_embeddings")?;
     let started = Instant::now();
     let e = active()?.ok_or(EmbeddingError::NoneActive)?;
     let n = sweep(&e);
@@ -819,6 +823,7 @@ pub fn sweep(e: &Embedder) -> i64 {
 /// Puts dead-lettered rows back in the queue (all, or those of one embedder or error class).
 #[pg_extern]
 fn retry_failed(embedder: default!(Option<&str>, "NULL"), error_class: default!(Option<&str>, "NULL")) -> Result<i64, ErrorReport> {
+    crate::spi::require_primary("retry_failed")?;
     let started = Instant::now();
     if let Some(c) = error_class {
         if c != "permanent" && c != "retries_exhausted" {

@@ -696,6 +696,7 @@ fn index_health(
     target_recall: default!(Option<f64>, "NULL"),
     sample_rows: default!(Option<i32>, "NULL"),
 ) -> Result<JsonB, ErrorReport> {
+    crate::spi::require_primary("index_health")?;
     if let Some(s) = sample_rows {
         if !(100..=1_000_000).contains(&s) {
             return Err(IvfError::Param("sample_rows", format!("{s} (between 100 and 1000000)")).into());
@@ -844,6 +845,7 @@ fn maintain_index(
     force: default!(Option<bool>, "false"),
     dry_run: default!(Option<bool>, "false"),
 ) -> Result<JsonB, ErrorReport> {
+    crate::spi::require_primary("maintain_index")?;
     let t = resolve(target)?;
     // quantops' own index is quantops' to maintain (the maintain-index job does the same); any
     // other index is rebuilt by the superuser worker only for the owner of its table

@@ -132,6 +132,7 @@ pub fn finish_run(id: i64, result: &Result<JobOutcome, String>) {
 /// A job that fails is recorded as failed and returned, not raised, so the record survives.
 #[pg_extern]
 fn run_job(job: Option<&str>) -> Result<JsonB, ErrorReport> {
+    crate::spi::require_primary("run_job")?;
     let job = job.ok_or(JobError::Null)?;
     if !book::is_known(job) {
         return Err(JobError::Unknown(job.to_string()).into());
@@ -168,6 +169,8 @@ fn status() -> JsonB {
         r#"
         select pg_catalog.jsonb_build_object(
           'version', (select extversion from pg_catalog.pg_extension where extname = 'quantops'),
+          -- a hot standby in recovery serves reads; its worker waits for a promotion
+          'standby', pg_catalog.pg_is_in_recovery(),
           'settings', (select pg_catalog.jsonb_build_object('dims', embedding_dims, 'lists', index_lists,
                               'metric', index_metric, 'configured_at', configured_at) from quantops.settings),
           'workers', coalesce((select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(

@@ -12,7 +12,12 @@ pub fn port() -> u16 {
 /// Connects, waiting up to 30 s while the server restarts (after a kill -9 the postmaster resets
 /// every backend and replays WAL before it accepts connections again).
 pub fn connect(user: &str) -> Client {
-    let url = format!("host=127.0.0.1 port={} user={user} dbname=postgres connect_timeout=10", port());
+    connect_to(port(), user)
+}
+
+/// Connects to the server on `port` (see `connect`).
+pub fn connect_to(port: u16, user: &str) -> Client {
+    let url = format!("host=127.0.0.1 port={port} user={user} dbname=postgres connect_timeout=10");
     let t0 = Instant::now();
     loop {
         match Client::connect(&url, NoTls) {
@@ -21,7 +26,7 @@ pub fn connect(user: &str) -> Client {
                 let _ = e;
                 std::thread::sleep(Duration::from_millis(250));
             }
-            Err(e) => panic!("cannot connect as {user} to 127.0.0.1:{}: {e}; start the cluster with scripts/cluster.sh start", port()),
+            Err(e) => panic!("cannot connect as {user} to 127.0.0.1:{port}: {e}; start the cluster with scripts/cluster.sh start"),
         }
     }
 }
@@ -71,9 +76,14 @@ pub fn new_user() -> String {
 /// the whole request back. The postgres case is a direct session of Supabase's `postgres` role
 /// (Studio, migrations), which is not a superuser.
 pub fn request(who: &Who, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+    request_on(port(), who, sql, params)
+}
+
+/// The same request made to the server on `port` (a replica, say).
+pub fn request_on(port: u16, who: &Who, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
     let mut c = match who {
-        Who::Postgres => studio(),
-        _ => connect("authenticator"),
+        Who::Postgres => connect_to(port, "postgres"),
+        _ => connect_to(port, "authenticator"),
     };
     let mut tx = c.transaction()?;
     match who {
