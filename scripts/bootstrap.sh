@@ -17,7 +17,7 @@ log() { printf '[bootstrap] %s\n' "$*"; }
 # 1. Debian packages ---------------------------------------------------------------------------
 pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-$PG_MAJOR-cron
       postgresql-$PG_MAJOR-pgtap postgresql-$PG_MAJOR-plpgsql-check clang libclang-dev pkg-config
-      sudo make gcc libssl-dev python3-psycopg python3-numpy dpkg-dev)
+      sudo make gcc libssl-dev python3-psycopg python3-numpy dpkg-dev debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -71,5 +71,15 @@ if [ ! -x "$ROOT/tools/node_modules/.bin/supabase" ]; then
   (cd "$ROOT/tools" && npm ci --silent --no-audit --no-fund >/dev/null 2>&1 || npm i -E --silent --no-audit --no-fund supabase@$SUPABASE_CLI_VERSION >/dev/null)
 else
   log "supabase CLI present"
+fi
+# 5. PostgreSQL 17: a Debian 13 root with its packages (Debian 12 has none), and pgrx's init there
+if [ "${QUANTOPS_SKIP_PG17:-0}" != 1 ]; then
+  bash scripts/trixie.sh setup
+  if ! bash scripts/trixie.sh run grep -q pg17 /root/.pgrx/config.toml 2>/dev/null; then
+    log "cargo pgrx init --pg17 (in the Debian 13 root)"
+    bash scripts/trixie.sh run cargo pgrx init --pg17 /usr/lib/postgresql/17/bin/pg_config >/dev/null
+  else
+    log "PostgreSQL 17 root present"
+  fi
 fi
 log "ready"

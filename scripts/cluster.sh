@@ -2,6 +2,9 @@
 # A local PostgreSQL 15 cluster, in .cluster/ of this project.
 #   scripts/cluster.sh init|start|stop|restart|reset|status|shape|psql [args]|url|prepare
 #   scripts/cluster.sh replica start|stop|reset|promote|psql [args]|status
+#   scripts/cluster.sh own FILE...   give files to the server's OS user
+# QUANTOPS_PG=15 (default) or 17 (scripts/pg.sh): the major, each with its own folder and port
+# (15: .cluster and 55432; 17: .cluster17 and 55442, run inside the root of scripts/trixie.sh).
 # Runs as the postgres OS user (never root), on 127.0.0.1:$QUANTOPS_PORT (default 55432; never
 # 5432, 54322 or 54320, which the Supabase CLI treats as its own), with
 # shared_preload_libraries = 'quantops,pg_cron'. Idempotent: init and start skip what is done.
@@ -16,16 +19,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PG_MAJOR=${PG_MAJOR:-15}
-BIN=/usr/lib/postgresql/$PG_MAJOR/bin
-PORT=${QUANTOPS_PORT:-55432}
-DIR=${QUANTOPS_CLUSTER_DIR:-$ROOT/.cluster}
+source scripts/pg.sh
+PORT=${QUANTOPS_PORT:-$QO_DEFAULT_PORT}
+DIR=${QUANTOPS_CLUSTER_DIR:-$QO_DEFAULT_DIR}
 # an existing cluster keeps the shape it was made with
 SHAPE=${QUANTOPS_SHAPE:-$(cat "$DIR/shape" 2>/dev/null || echo supabase)}
 DATA=$DIR/data
 RUN=$DIR/run
 LOG=$DIR/postgres.log
-as_pg() { runuser -u postgres -- "$@"; }
 case "$SHAPE" in
   supabase) SUPER=supabase_admin ;;
   plain) SUPER=postgres ;;
@@ -41,7 +42,7 @@ case "$PORT" in 5432|54322|54320) echo "cluster.sh: port $PORT is reserved (syst
 ensure_traversable() {
   local d=$ROOT
   while [ "$d" != "/" ]; do
-    if ! runuser -u postgres -- test -x "$d"; then chmod o+x "$d"; fi
+    if ! as_pg test -x "$d"; then chmod o+x "$d"; fi
     d=$(dirname "$d")
   done
 }
@@ -50,7 +51,7 @@ init() {
   if [ -f "$DATA/PG_VERSION" ]; then return 0; fi
   ensure_traversable
   mkdir -p "$DIR" "$RUN"
-  chown postgres:postgres "$DIR" "$RUN"
+  pg_chown "$DIR" "$RUN"
   as_pg "$BIN/initdb" -D "$DATA" -U "$SUPER" --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
   echo "$SHAPE" > "$DIR/shape"
   cat >> "$DATA/postgresql.conf" <<CONF
@@ -91,7 +92,7 @@ shape() {
   as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U supabase_admin -d postgres \
     -f "$ROOT/scripts/sql/supabase_shape.sql" >/dev/null
   # QUANTOPS_NO_EXTENSION=1: leave quantops out (the upgrade check creates an older version)
-  if [ "${QUANTOPS_NO_EXTENSION:-0}" != 1 ] && [ -f "$("$BIN/pg_config" --sharedir)/extension/quantops.control" ]; then
+  if [ "${QUANTOPS_NO_EXTENSION:-0}" != 1 ] && [ -f "$PG_SHAREDIR/extension/quantops.control" ]; then
     as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PORT" -U supabase_admin -d postgres \
       -c "set client_min_messages = warning" -c "create extension if not exists quantops" >/dev/null
   fi
@@ -114,7 +115,7 @@ replica() {
   case "${1:-status}" in
     start)
       if [ ! -f "$RDATA/PG_VERSION" ]; then
-        mkdir -p "$RRUN"; chown postgres:postgres "$RRUN"
+        mkdir -p "$RRUN"; pg_chown "$RRUN"
         as_pg "$BIN/pg_basebackup" -h "$RUN" -p "$PORT" -U "$SUPER" -D "$RDATA" -R -X stream -c fast >/dev/null
         cat >> "$RDATA/postgresql.conf" <<CONF
 # the replica (scripts/cluster.sh replica)
@@ -127,7 +128,7 @@ CONF
     stop) [ -f "$RDATA/PG_VERSION" ] && as_pg "$BIN/pg_ctl" -D "$RDATA" -m fast -w stop >/dev/null 2>&1 || true ;;
     reset) replica stop; rm -rf "$RDATA" "$RRUN"; replica start ;;
     promote) as_pg "$BIN/pg_ctl" -D "$RDATA" -w promote >/dev/null ;;
-    psql) shift; exec runuser -u postgres -- "$BIN/psql" -X -h "$RRUN" -p "$REPLICA_PORT" -U "$SUPER" -d postgres "$@" ;;
+    psql) shift; as_pg "$BIN/psql" -X -h "$RRUN" -p "$REPLICA_PORT" -U "$SUPER" -d postgres "$@" ;;
     status) if [ -f "$RDATA/PG_VERSION" ] && as_pg "$BIN/pg_ctl" -D "$RDATA" status >/dev/null 2>&1; then echo "replica running on 127.0.0.1:$REPLICA_PORT"; else echo "replica stopped"; exit 3; fi ;;
     *) echo "usage: $0 replica start|stop|reset|promote|psql|status" >&2; exit 2 ;;
   esac
@@ -144,7 +145,9 @@ case "${1:-status}" in
   shape) shape ;;
   status) if [ -f "$DATA/PG_VERSION" ] && running; then echo "running on 127.0.0.1:$PORT ($DATA, $SHAPE shape)"; else echo "stopped"; exit 3; fi ;;
   # psql as the bootstrap superuser (supabase_admin, or postgres on a plain cluster); -U overrides
-  psql) shift; exec runuser -u postgres -- "$BIN/psql" -X -h "$RUN" -p "$PORT" -U "$SUPER" -d postgres "$@" ;;
+  psql) shift; as_pg "$BIN/psql" -X -h "$RUN" -p "$PORT" -U "$SUPER" -d postgres "$@" ;;
+  # give a file to the server's OS user (its uid differs inside the root of PostgreSQL 17)
+  own) shift; pg_chown "$@" ;;
   url) echo "postgresql://$SUPER@127.0.0.1:$PORT/postgres?sslmode=disable" ;;
   *) echo "usage: $0 init|start|stop|restart|reset|status|shape|psql|url" >&2; exit 2 ;;
 esac

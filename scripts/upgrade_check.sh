@@ -9,6 +9,7 @@
 #     (scripts/sql/upgrade_data.sql), ALTER EXTENSION quantops UPDATE; then every row is kept
 #     (a digest per table), the audit chains verify, the extension's objects equal a fresh
 #     install's (scripts/sql/describe_extension.sql), and the worker runs its jobs.
+# For PostgreSQL $QUANTOPS_PG (15 by default, 17 in the root of scripts/trixie.sh).
 # It fails when it has nothing to compare: no release, or no release before this version while
 # this version is not released either. With --self-test it also shows that it fails when a
 # released script is edited and when an upgrade loses a row.
@@ -16,12 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export PATH=$HOME/.cargo/bin:$PATH
-BIN=/usr/lib/postgresql/15/bin
-EXTDIR=$("$BIN/pg_config" --sharedir)/extension
+source scripts/pg.sh
+EXTDIR=$PG_SHAREDIR/extension
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-PORT=${QUANTOPS_UPGRADE_PORT:-55434}
-DIR=$ROOT/.cache/upgrade-cluster
-OUT=$ROOT/.cache/upgrade
+PORT=${QUANTOPS_UPGRADE_PORT:-$((QO_DEFAULT_PORT + 2))}
+DIR=$ROOT/.cache/upgrade-cluster$PG_MAJOR
+OUT=$ROOT/.cache/upgrade$PG_MAJOR
 SELF_TEST=0; [ "${1:-}" = --self-test ] && SELF_TEST=1
 fail() { echo "upgrade check: FAILED: $*" >&2; exit 1; }
 say() { echo "upgrade check: $*"; }
@@ -74,7 +75,7 @@ fi
 export QUANTOPS_SHAPE=supabase QUANTOPS_PORT=$PORT QUANTOPS_CLUSTER_DIR=$DIR QUANTOPS_NO_EXTENSION=1
 bash scripts/cluster.sh reset >/dev/null
 trap 'bash scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
-psql_() { runuser -u postgres -- env PGOPTIONS="-c client_min_messages=warning" "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR/run" -p "$PORT" -U supabase_admin "$@"; }
+psql_() { as_pg env PGOPTIONS="-c client_min_messages=warning" "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR/run" -p "$PORT" -U supabase_admin "$@"; }
 
 # one run of the data phase: create at FROM, write, snapshot, update to TO, snapshot; the
 # snapshots must be equal and not empty

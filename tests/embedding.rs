@@ -420,9 +420,12 @@ fn the_api_key_is_sent_but_never_stored_or_logged() {
     let _restore = Restore;
     let key = format!("sk-test-{}", &new_user()[..12]);
     // the key lives in a file only the postgres user reads; the setting holds its path
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.cluster/embedding-api-key");
+    let path = format!("{}/embedding-api-key", cluster_dir());
+    let path = path.as_str();
     std::fs::write(path, format!("{key}\n")).unwrap();
-    assert!(Command::new("chown").args(["postgres:postgres", path]).status().unwrap().success());
+    // the server's OS user (its uid differs inside the root that runs PostgreSQL 17)
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
+    assert!(Command::new("bash").args([cluster, "own", path]).status().unwrap().success());
     assert!(Command::new("chmod").args(["600", path]).status().unwrap().success());
     let mut c = admin();
     c.batch_execute(&format!("alter system set quantops.embedding_api_key_file = '{path}'")).unwrap();
@@ -446,7 +449,7 @@ fn the_api_key_is_sent_but_never_stored_or_logged() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "the API key is in a table");
-    let log = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.cluster/postgres.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(format!("{}/postgres.log", cluster_dir())).unwrap_or_default();
     assert!(!log.contains(&key), "the API key is in the server log");
     c.batch_execute("alter system reset quantops.embedding_api_key_file").unwrap();
     c.batch_execute("select pg_reload_conf()").unwrap();

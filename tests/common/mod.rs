@@ -5,8 +5,22 @@
 use postgres::{Client, NoTls, Row};
 use std::time::{Duration, Instant};
 
+/// The PostgreSQL major the tests run against (QUANTOPS_PG, as scripts/pg.sh): 15 or 17.
+pub fn major() -> u32 {
+    std::env::var("QUANTOPS_PG").ok().and_then(|p| p.parse().ok()).unwrap_or(15)
+}
+
+/// The test cluster's port: QUANTOPS_PORT, else the major's default (scripts/pg.sh).
 pub fn port() -> u16 {
-    std::env::var("QUANTOPS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(55432)
+    std::env::var("QUANTOPS_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(if major() == 17 { 55442 } else { 55432 })
+}
+
+/// The test cluster's folder (its log, files the server must read): QUANTOPS_CLUSTER_DIR, else
+/// the major's default (scripts/pg.sh).
+pub fn cluster_dir() -> String {
+    std::env::var("QUANTOPS_CLUSTER_DIR").unwrap_or_else(|_| {
+        format!("{}/{}", env!("CARGO_MANIFEST_DIR"), if major() == 17 { ".cluster17" } else { ".cluster" })
+    })
 }
 
 /// Connects, waiting up to 30 s while the server restarts (after a kill -9 the postmaster resets
