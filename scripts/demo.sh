@@ -2,17 +2,22 @@
 # The demo: a local Supabase-shaped cluster with quantops, the research platform's data applied by
 # the real Supabase CLI (migrations + seed), one maintenance cycle, and a readable report.
 # Installs what it needs first (idempotent). Re-running starts again from a reset database.
+# PostgreSQL 17 by default (inside the Debian 13 root of scripts/trixie.sh); QUANTOPS_PG=15 for 15.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$HOME/.cargo/bin:$PATH
+# PostgreSQL 17 by default, as new Supabase projects; QUANTOPS_PG=15 for 15
+export QUANTOPS_PG=${QUANTOPS_PG:-17}
 bash scripts/bootstrap.sh
+source scripts/pg.sh
+echo "[demo] PostgreSQL $PG_MAJOR"
 echo "[demo] building and installing quantops"
 bash scripts/install.sh
 # a fresh cluster shaped like Supabase's image: supabase_admin is the superuser and creates
 # vector, pg_cron and quantops (as supautils does); postgres is not a superuser
 echo "[demo] a fresh Supabase-shaped cluster"
 bash scripts/cluster.sh reset
-PORT=${QUANTOPS_PORT:-55432}
+PORT=${QUANTOPS_PORT:-$QO_DEFAULT_PORT}
 echo "[demo] supabase db push: migrations and seed through the Supabase CLI, as postgres"
 tools/node_modules/.bin/supabase db push --include-seed --yes \
   --db-url "postgresql://postgres@127.0.0.1:$PORT/postgres?sslmode=disable" 2>&1 | sed 's/^/[supabase] /'
