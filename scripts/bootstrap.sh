@@ -81,5 +81,6 @@ if [ "${QUANTOPS_SKIP_PG17:-0}" != 1 ]; then
   else
     log "PostgreSQL 17 root present"
   fi
+  bash scripts/trixie.sh umount
 fi
 log "ready"

@@ -67,3 +67,4 @@ for major in ${QUANTOPS_MAJORS:-15 17}; do
   bash scripts/cluster.sh stop >/dev/null 2>&1 || true
 done
 now=$(date +%s); echo "$t_name: $((now - t_last)) s" >> "$TIMES"
+bash scripts/trixie.sh umount 2>/dev/null || true

@@ -8,7 +8,7 @@
 #
 #   scripts/trixie.sh setup        create the root (cached; a second run checks and returns)
 #   scripts/trixie.sh run CMD...   run CMD in the root (as root), mounting what it needs first
-#   scripts/trixie.sh umount       undo the mounts (a 17 server inside must be stopped first)
+#   scripts/trixie.sh umount       undo the mounts (kept while a process, a 17 server, runs inside)
 #   scripts/trixie.sh path         print the root's path
 #
 # The root lives outside the project folder (which is bound into it): QUANTOPS_TRIXIE, default
@@ -40,7 +40,14 @@ do_mount() {
   return 0
 }
 
+# processes whose root is this root (a PostgreSQL 17 server, say)
+inside() { for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$R" ] && return 0; done; return 1; }
+
 do_umount() {
+  if inside; then
+    log "a process still runs inside $R (a PostgreSQL 17 server?): the mounts stay"
+    return 0
+  fi
   for m in "$R/root/.cargo" "$R/root/.rustup" "$R$PROJECT" "$R/dev" "$R/proc"; do
     is_mounted "$m" && umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done

@@ -16,8 +16,13 @@ thread_local! {
     static TOKEN: RefCell<Option<(u32, String)>> = const { RefCell::new(None) };
 }
 
+/// This backend's local transaction id: the token is valid in this transaction only.
 fn lxid() -> u32 {
+    // SAFETY: MyProc is this backend's own PGPROC, set for the life of the process
     unsafe {
+        // PostgreSQL 17 keeps the local transaction id in PGPROC's virtual transaction id
+        // (`vxid.lxid`); 15 has `lxid` directly in PGPROC. The one difference of server API that
+        // quantops' code meets.
         #[cfg(feature = "pg17")]
         {
             (*pg_sys::MyProc).vxid.lxid
