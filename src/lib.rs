@@ -1,23 +1,33 @@
 //! quantops: upkeep for quant and AI research platforms, inside PostgreSQL.
-//! See README.md. Each capability lives in its own folder: a pure `core.rs` and a thin `sql.rs`.
+//! See README.md, and CONTRIBUTING.md for the layout: the bottom (error, gucs, spi, hash,
+//! threads, xact, runtime, schedule) imports nothing above it; each capability has its folder
+//! (core.rs pure, store.rs its SPI, sql.rs its `#[pg_extern]` surface, worker.rs where it has
+//! one); the scheduler worker (workers/) is the top and reads the job registry.
 
 pgrx::pg_module_magic!(name, version);
 
 pub mod audit;
 pub mod backtest;
-pub mod config;
 pub mod embedding;
 pub mod error;
 pub mod flags;
 pub mod gucs;
 pub mod hash;
-pub mod ivf;
+pub mod index;
 pub mod jobs;
 pub mod prune;
 pub mod registry;
+pub mod runtime;
+pub mod schedule;
 pub mod spi;
 pub mod threads;
 pub mod workers;
+pub mod xact;
+
+/// Every capability with a part in the worker, in the order its passes run. The jobs are
+/// declared by the capabilities themselves; this is only the list of them.
+static CAPABILITIES: &[&schedule::Capability] =
+    &[&audit::CAPABILITY, &embedding::CAPABILITY, &prune::CAPABILITY, &index::CAPABILITY];
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding", requires = ["bootstrap"]);
@@ -30,6 +40,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    schedule::register(CAPABILITIES);
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         workers::register();
     }

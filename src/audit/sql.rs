@@ -1,7 +1,7 @@
-//! The audit trail's SQL surface: agents' and flows' start/finish pairs, verification, and the
-//! append that every state-changing quantops function calls.
+//! The audit trail's SQL surface: agents' and flows' start/finish pairs and verification.
 
-use super::core::{self as chain, ChainRow};
+use super::core as chain;
+use super::store::{append, load_chain, STREAMS};
 use crate::error::SqlError;
 use crate::sql_error;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -51,43 +51,6 @@ impl SqlError for AuditError {
     }
 }
 sql_error!(AuditError);
-
-pub const STREAMS: &[&str] = &["quantops", "tool_calls", "flow_runs"];
-
-/// Appends one row to an audit stream, in the caller's transaction. The chain trigger fills
-/// seq, prev_hash, hash, actor and actor_role.
-pub fn append(
-    stream: &str,
-    action: &str,
-    args: &Value,
-    outcome: &str,
-    detail: Option<&Value>,
-    duration_us: Option<i64>,
-    call_id: Option<Uuid>,
-) {
-    let args = JsonB(chain::redact(args));
-    let detail = detail.map(|d| JsonB(chain::redact(d)));
-    crate::spi::run(
-        "appending to the audit log",
-        "insert into quantops.audit_log (stream, action, args, outcome, detail, duration_us, call_id) \
-         values ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            stream.into(),
-            action.into(),
-            args.into(),
-            outcome.into(),
-            detail.into(),
-            duration_us.into(),
-            call_id.into(),
-        ],
-    );
-}
-
-/// Records a state-changing quantops function call that succeeded (`outcome = ok`).
-pub fn record_call(action: &str, args: Value, detail: Option<Value>, started: std::time::Instant) {
-    let us = started.elapsed().as_micros() as i64;
-    append("quantops", action, &args, "ok", detail.as_ref(), Some(us), None);
-}
 
 #[pg_extern(immutable, strict, parallel_safe)]
 fn _audit_digest(prev: &[u8], payload: &str) -> Vec<u8> {
@@ -279,33 +242,6 @@ fn verify_audit(
         ));
     }
     Ok(TableIterator::new(out))
-}
-
-/// Every row of a stream and its head. A failed read is an error, never a verdict: a row read
-/// wrongly would look tampered with.
-pub fn load_chain(stream: &str) -> (Vec<ChainRow>, Option<i64>) {
-    let r = Spi::connect(|c| -> Result<_, pgrx::spi::SpiError> {
-        let mut rows = Vec::new();
-        let tab = c.select(
-            "select seq, quantops._audit_payload(a), prev_hash, hash from quantops.audit_log a \
-             where stream = $1 order by seq",
-            None,
-            &[stream.into()],
-        )?;
-        for t in tab {
-            // every column is NOT NULL
-            rows.push(ChainRow {
-                seq: t.get::<i64>(1)?.unwrap_or(0),
-                payload: t.get::<String>(2)?.unwrap_or_default(),
-                prev_hash: t.get::<Vec<u8>>(3)?.unwrap_or_default(),
-                hash: t.get::<Vec<u8>>(4)?.unwrap_or_default(),
-            });
-        }
-        let head = c.select("select seq from quantops.audit_heads where stream = $1", None, &[stream.into()])?;
-        let head = if head.is_empty() { None } else { head.first().get_one::<i64>()? };
-        Ok((rows, head))
-    });
-    r.unwrap_or_else(|e| crate::spi::failed("reading the audit log", e).report_error())
 }
 
 #[cfg(any(test, feature = "pg_test"))]

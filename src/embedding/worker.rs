@@ -4,8 +4,9 @@
 
 use super::core::{self as emb, Embedder, Kind, RowError};
 use super::http::{embed_split, Provider};
-use super::sql::{self, BatchOutcome};
-use crate::workers::scheduler::in_transaction;
+use super::batch::BatchOutcome;
+use super::store;
+use crate::xact::in_transaction;
 use crate::{gucs, jobs};
 use pgrx::prelude::*;
 use serde_json::json;
@@ -31,6 +32,11 @@ fn pause(who: Option<(&str, i32)>) {
     PAUSED.with(|p| *p.borrow_mut() = Some((Instant::now() + Duration::from_secs(30), who.map(|(n, v)| (n.to_string(), v)))));
 }
 
+/// The worker's pass (the registry's `each_pass`): drains the queue.
+pub fn each_pass() {
+    drain();
+}
+
 /// Drains ready work, recording the run in job_runs when there was any. Returns rows handled.
 pub fn drain() -> i64 {
     if paused(None) {
@@ -42,7 +48,7 @@ pub fn drain() -> i64 {
         pause(None);
         0
     };
-    let e = match in_transaction(sql::active) {
+    let e = match in_transaction(store::active) {
         Ok(Ok(Some(e))) => e,
         Ok(Ok(None)) => return 0,
         Ok(Err(err)) => return stop("cannot use the active embedder", err.to_string()),
@@ -51,28 +57,28 @@ pub fn drain() -> i64 {
     if paused(Some((&e.name, e.version))) {
         return 0;
     }
-    let ready = match in_transaction(sql::ready_count) {
+    let ready = match in_transaction(store::ready_count) {
         Ok(n) => n,
         Err(m) => return stop("could not read the queue", m),
     };
     if ready == 0 {
         return 0;
     }
-    let run_id = match in_transaction(|| jobs::sql::begin_run("refresh-embeddings", "worker")) {
+    let run_id = match in_transaction(|| jobs::store::begin_run("refresh-embeddings", "worker")) {
         Ok(id) => id,
         Err(m) => return stop("could not record its start", m),
     };
     let t0 = Instant::now();
     let mut total = BatchOutcome::default();
     let mut error = None;
-    while t0.elapsed() < DRAIN_BUDGET && !crate::workers::stopping() {
-        crate::workers::reload_if_asked();
+    while t0.elapsed() < DRAIN_BUDGET && !crate::runtime::stopping() {
+        crate::runtime::reload_if_asked();
         let step = if e.is_builtin() {
             let e2 = e.clone();
             // up to 5 batches of 2,000 a transaction, pipelined (embed the next while writing one)
             in_transaction(move || {
-                let vt = sql::vector_type();
-                sql::drain(&e2, &vt, 10_000, Duration::from_secs(5), 2000)
+                let vt = store::vector_type();
+                store::drain(&e2, &vt, 10_000, Duration::from_secs(5), 2000)
             })
         } else {
             http_step(&e)
@@ -91,7 +97,7 @@ pub fn drain() -> i64 {
         }
     }
     let result = match error {
-        None => Ok(jobs::core::JobOutcome {
+        None => Ok(crate::schedule::JobOutcome {
             rows: total.done,
             details: json!({ "embedder": e.name, "version": e.version, "done": total.done,
                              "unchanged": total.unchanged, "failed": total.failed }),
@@ -101,7 +107,7 @@ pub fn drain() -> i64 {
             Err(m)
         }
     };
-    if let Err(m) = in_transaction(move || jobs::sql::finish_run(run_id, &result)) {
+    if let Err(m) = in_transaction(move || jobs::store::finish_run(run_id, &result)) {
         warning!("quantops: could not record the end of the embedding refresh run {run_id}: {m}");
     }
     total.picked
@@ -203,7 +209,7 @@ fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
         }
-        if crate::workers::stopping() {
+        if crate::runtime::stopping() {
             // the thread is left to the process's exit; the rows go back to the queue
             release(&leased);
             return Err("stopped (SIGTERM) while the provider was answering; the leased rows are queued again".into());
@@ -273,7 +279,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
     let Kind::Http(p) = &e.kind else {
         return Err(format!("embedder \"{}\" is not an http embedder", e.name));
     };
-    if !sql::still_active(e) {
+    if !store::still_active(e) {
         return Ok(Vec::new());
     }
     let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool, bool)> = Spi::connect_mut(|c| {
@@ -304,7 +310,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
             (
                 t.get::<i64>(1).ok().flatten().unwrap_or(0),
                 t.get::<i32>(2).ok().flatten().unwrap_or(1),
-                sql::read_input(&t, 3),
+                store::read_input(&t, 3),
                 t.get::<Vec<u8>>(9).ok().flatten(),
                 t.get::<bool>(10).ok().flatten().unwrap_or(true),
                 t.get::<bool>(11).ok().flatten().unwrap_or(false),
@@ -349,7 +355,7 @@ fn write_back(
     results: Vec<Result<Vec<f32>, RowError>>,
     max_attempts: i32,
 ) -> Result<(i64, i64), String> {
-    if !sql::still_active(e) {
+    if !store::still_active(e) {
         // switched to another embedder while we were away: write nothing, give the rows back
         let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
         crate::spi::run(
@@ -422,8 +428,8 @@ fn write_back(
             }
         }
         if !ids.is_empty() {
-            let vt = sql::vector_type();
-            sql::write_embeddings(e, &vt, &ids, &vecs, &hs);
+            let vt = store::vector_type();
+            store::write_embeddings(e, &vt, &ids, &vecs, &hs);
             crate::spi::run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[ids.clone().into()]);
             done = ids.len() as i64;
         }
@@ -456,7 +462,7 @@ fn write_back(
         let hs: Vec<Option<Vec<u8>>> = idx.iter().map(|i| dl_hash[*i].clone()).collect();
         let errs: Vec<String> = idx.iter().map(|i| dl_err[*i].clone()).collect();
         let atts: Vec<i32> = idx.iter().map(|i| dl_att[*i]).collect();
-        sql::dead_letter(e, &ids, &hs, &errs, &atts, class);
+        store::dead_letter(e, &ids, &hs, &errs, &atts, class);
     }
     Ok((done, failed))
 }

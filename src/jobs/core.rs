@@ -1,18 +1,4 @@
-//! Pure job bookkeeping.
-
-/// What a finished job reports.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobOutcome {
-    pub rows: i64,
-    pub details: serde_json::Value,
-}
-
-/// The jobs quantops knows how to run. Later capabilities add theirs here.
-pub const KNOWN_JOBS: &[&str] = &["verify-audit", "refresh-embeddings", "sweep-embeddings", "prune", "maintain-index"];
-
-pub fn is_known(job: &str) -> bool {
-    KNOWN_JOBS.contains(&job)
-}
+//! Pure job bookkeeping (the jobs themselves are in the registry, src/schedule.rs).
 
 /// A worker is alive when its heartbeat is recent: three naptimes, and never less than 30 s.
 pub fn heartbeat_fresh(age_s: f64, naptime_s: i32) -> bool {
@@ -51,11 +37,5 @@ mod tests {
         let c = clip(&long);
         assert_eq!(c.chars().count(), 2000);
         assert!(c.ends_with("..."));
-    }
-
-    #[test]
-    fn known_jobs() {
-        assert!(is_known("verify-audit"));
-        assert!(!is_known("drop-everything"));
     }
 }

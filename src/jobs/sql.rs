@@ -1,6 +1,8 @@
-//! Job execution and the scheduler's SQL surface.
+//! The jobs' SQL surface: `run_job` (any registered job, now, in the caller's transaction) and
+//! `status`.
 
-use super::core::{self as book, JobOutcome};
+use super::core as book;
+use super::store::{begin_run, finish_run};
 use crate::error::SqlError;
 use crate::spi::ReportError;
 use crate::{audit, gucs, sql_error};
@@ -26,106 +28,12 @@ impl SqlError for JobError {
     }
     fn hint(&self) -> Option<String> {
         match self {
-            JobError::Unknown(_) => Some(format!("known jobs: {}", book::KNOWN_JOBS.join(", "))),
+            JobError::Unknown(_) => Some(format!("known jobs: {}", crate::schedule::names())),
             _ => None,
         }
     }
 }
 sql_error!(JobError);
-
-/// The most rows that run_job('prune') moves in the caller's transaction.
-pub const SQL_PRUNE_LIMIT: i64 = 50_000;
-
-/// Runs one job's body in the current transaction. Err is a job failure (recorded, not raised).
-pub fn execute(job: &str) -> Result<JobOutcome, String> {
-    match job {
-        "verify-audit" => {
-            let mut rows = 0i64;
-            let mut bad = Vec::new();
-            for s in audit::sql::STREAMS {
-                let (chain, head) = audit::sql::load_chain(s);
-                rows += chain.len() as i64;
-                let problems = audit::core::verify_chain(&chain, head);
-                if let Some(p) = problems.iter().min_by_key(|p| p.seq()) {
-                    bad.push(format!("stream {s}: {} problem(s), first: {}", problems.len(), p.describe()));
-                }
-            }
-            if bad.is_empty() {
-                Ok(JobOutcome { rows, details: json!({ "streams": audit::sql::STREAMS }) })
-            } else {
-                Err(format!("audit chain verification failed: {}", bad.join("; ")))
-            }
-        }
-        "refresh-embeddings" => {
-            let (e, vt) = crate::embedding::sql::builtin_active().map_err(|e| e.to_string())?;
-            let b = crate::embedding::sql::drain(&e, &vt, 100_000, std::time::Duration::from_secs(60), 2000);
-            Ok(JobOutcome {
-                rows: b.done,
-                details: json!({ "embedder": e.name, "version": e.version, "done": b.done,
-                                 "unchanged": b.unchanged, "failed": b.failed }),
-            })
-        }
-        "sweep-embeddings" => match crate::embedding::sql::active().map_err(|e| e.to_string())? {
-            Some(e) => Ok(JobOutcome { rows: crate::embedding::sql::sweep(&e), details: json!({ "embedder": e.name }) }),
-            None => Ok(JobOutcome { rows: 0, details: json!({ "embedder": null }) }),
-        },
-        // from SQL (run_job) the whole prune is one transaction, so it is bounded; the worker and
-        // CALL quantops.prune() commit per batch
-        "prune" => {
-            Spi::run("select quantops._prune_start(null)").map_err(|e| e.to_string())?;
-            let (mut moved, mut batches) = (0i64, 0i64);
-            while moved < SQL_PRUNE_LIMIT {
-                let b = Spi::get_one_with_args::<JsonB>(
-                    "select quantops.prune_batch(null, $1)",
-                    &[(crate::prune::worker::BATCH as i64).min(SQL_PRUNE_LIMIT - moved).try_into().unwrap_or(1i32).into()],
-                )
-                .map_err(|e| e.to_string())?
-                .map(|j| j.0)
-                .unwrap_or_default();
-                if b["idle"].as_bool().unwrap_or(true) {
-                    break;
-                }
-                moved += b["moved"].as_i64().unwrap_or(0);
-                batches += 1;
-            }
-            Ok(JobOutcome { rows: moved, details: json!({ "moved": moved, "batches": batches, "limit": SQL_PRUNE_LIMIT }) })
-        }
-        "maintain-index" => {
-            let t = match crate::ivf::sql::resolve(None) {
-                Ok(t) => t,
-                Err(crate::ivf::sql::IvfError::NotConfigured) => {
-                    return Ok(JobOutcome { rows: 0, details: json!({ "skipped": "quantops has no IVFFlat index yet" }) })
-                }
-                Err(e) => return Err(e.to_string()),
-            };
-            let p = crate::ivf::sql::plan(&t, false, false, "job").map_err(|e| e.to_string())?;
-            Ok(JobOutcome { rows: 0, details: crate::ivf::sql::summarize_plan(p) })
-        }
-        other => Err(format!("job \"{other}\" has no implementation in this version of quantops")),
-    }
-}
-
-/// Inserts the 'running' row of a job run and returns its id.
-pub fn begin_run(job: &str, runner: &str) -> i64 {
-    // INSERT ... RETURNING returns its row; a PostgreSQL ERROR propagates with its own SQLSTATE
-    crate::spi::write_one::<i64>("insert into quantops.job_runs (job, runner) values ($1, $2) returning id", &[job.into(), runner.into()])
-        .unwrap_or_else(|e| crate::spi::failed(&format!("recording the start of job \"{job}\""), e).report_error())
-        .unwrap_or_default()
-}
-
-/// Records how a job run ended.
-pub fn finish_run(id: i64, result: &Result<JobOutcome, String>) {
-    let (status, rows, error, details) = match result {
-        Ok(o) => ("succeeded", Some(o.rows), None, o.details.clone()),
-        Err(e) => ("failed", None, Some(book::clip(e)), json!({})),
-    };
-    crate::spi::run(
-        "recording the end of a job run",
-        "update quantops.job_runs set finished_at = pg_catalog.clock_timestamp(), status = $2, rows = $3, \
-         error = $4, details = $5 where id = $1",
-        &[id.into(), status.into(), rows.into(), error.into(), JsonB(details).into()],
-    );
-}
 
 /// Runs a job now, in this transaction, and records it in quantops.job_runs. For pg_cron:
 /// `select cron.schedule('quantops-verify-audit', '0 * * * *', $$select quantops.run_job('verify-audit')$$)`.
@@ -134,21 +42,21 @@ pub fn finish_run(id: i64, result: &Result<JobOutcome, String>) {
 fn run_job(job: Option<&str>) -> Result<JsonB, ErrorReport> {
     crate::spi::require_primary("run_job")?;
     let job = job.ok_or(JobError::Null)?;
-    if !book::is_known(job) {
+    let Some(found) = crate::schedule::find(job) else {
         return Err(JobError::Unknown(job.to_string()).into());
-    }
+    };
     let started = std::time::Instant::now();
     let runner: String = crate::spi::read_one("select 'sql:' || quantops._caller_role()", &[])
         .unwrap_or_else(|e| crate::spi::failed("reading the caller's role", e).report_error())
         .unwrap_or_default();
     let id = begin_run(job, &runner);
-    let result = execute(job);
+    let result = (found.body)();
     finish_run(id, &result);
     let out = match &result {
         Ok(o) => json!({ "run_id": id, "job": job, "status": "succeeded", "rows": o.rows, "details": o.details }),
         Err(e) => json!({ "run_id": id, "job": job, "status": "failed", "error": e }),
     };
-    audit::sql::append(
+    audit::store::append(
         "quantops",
         "run_job",
         &json!({ "job": job }),
@@ -201,7 +109,7 @@ fn status() -> JsonB {
           'scheduler', pg_catalog.jsonb_build_object('enabled', $1, 'database', $2, 'naptime_s', $3,
               'preloaded', $4))
         "#,
-        &[gucs::enabled().into(), gucs::database().into(), (gucs::naptime().as_secs() as i64).into(), crate::workers::preloaded().into()],
+        &[gucs::enabled().into(), gucs::database().into(), (gucs::naptime().as_secs() as i64).into(), crate::runtime::preloaded().into()],
     )
     .unwrap_or_else(|e| crate::spi::failed("reading quantops' status", e).report_error());
     let mut v = extra.map(|j| j.0).unwrap_or_else(|| json!({}));

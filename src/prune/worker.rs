@@ -2,13 +2,12 @@
 //! batch per transaction until no policy has rows left, so a kill -9 or an immediate shutdown
 //! loses at most the batch in flight (which rolls back whole: never half-moved).
 
-use crate::jobs::core::JobOutcome;
-use crate::workers::scheduler::in_transaction;
+use super::store::BATCH;
+use crate::schedule::JobOutcome;
+use crate::xact::in_transaction;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
-
-pub const BATCH: i32 = 2000;
 
 fn call(sql: &'static str) -> Result<Value, String> {
     in_transaction(move || Spi::get_one::<JsonB>(sql).ok().flatten().map(|j| j.0).unwrap_or(Value::Null))
@@ -21,7 +20,7 @@ pub fn run() -> Result<JobOutcome, String> {
     let (mut moved, mut batches) = (0i64, 0i64);
     let mut per = serde_json::Map::new();
     loop {
-        if crate::workers::stopping() {
+        if crate::runtime::stopping() {
             break;
         }
         let b = in_transaction(|| {

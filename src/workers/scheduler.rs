@@ -3,7 +3,10 @@
 //! `quantops.job_runs`. One short transaction per step; all state lives in tables, so a crash or
 //! kill -9 loses nothing and a restart resumes. The postmaster restarts it after a crash.
 
+use crate::runtime::{reload_if_asked, set_scheduler_pid, stopping};
+use crate::schedule;
 use crate::spi::ReportError;
+use crate::xact::in_transaction;
 use crate::{gucs, jobs};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -20,36 +23,6 @@ pub fn register() {
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
-}
-
-/// Runs `f` in its own transaction. A Postgres ERROR (or a Rust panic) inside is caught, the
-/// transaction aborted, and the message returned, so the worker lives on to record it.
-pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Result<R, String> {
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let r = PgTryBuilder::new(move || Ok(f()))
-        .catch_others(|e| {
-            Err(match e {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    r.message().to_string()
-                }
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            })
-        })
-        .execute();
-    unsafe {
-        match &r {
-            Ok(_) => {
-                pg_sys::PopActiveSnapshot();
-                pg_sys::CommitTransactionCommand();
-            }
-            Err(_) => pg_sys::AbortCurrentTransaction(),
-        }
-    }
-    r
 }
 
 fn extension_installed() -> bool {
@@ -111,7 +84,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         }
     }
     log!("{NAME} started in database \"{db}\"");
-    crate::workers::set_scheduler_pid(unsafe { pg_sys::MyProcPid });
+    set_scheduler_pid(unsafe { pg_sys::MyProcPid });
     let started: String = in_transaction(|| Spi::get_one::<String>("select pg_catalog.now()::text").ok().flatten())
         .ok()
         .flatten()
@@ -124,11 +97,11 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
     // stopping() first: a wait inside a job (the HTTP step's) may have consumed the latch that
     // SIGTERM set, and the naptime must not be slept through after a stop was asked for
     while first
-        || (!crate::workers::stopping() && BackgroundWorker::wait_latch(Some(gucs::naptime())) && !crate::workers::stopping())
+        || (!stopping() && BackgroundWorker::wait_latch(Some(gucs::naptime())) && !stopping())
     {
         first = false;
-        crate::workers::reload_if_asked();
-        if crate::workers::stopping() {
+        reload_if_asked();
+        if stopping() {
             break;
         }
         let installed = match in_transaction(extension_installed) {
@@ -156,12 +129,11 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
                      where status = 'running' and runner = 'worker' and pid <> pg_catalog.pg_backend_pid()",
                     &[],
                 );
-                crate::spi::run(
-                    "marking interrupted rebuilds",
-                    "update quantops.index_builds set status = 'failed', finished_at = pg_catalog.clock_timestamp(), \
-                       error = 'interrupted: the worker stopped before the rebuild ended' where status = 'running'",
-                    &[],
-                );
+                for c in schedule::capabilities() {
+                    if let Some(f) = c.on_worker_start {
+                        f();
+                    }
+                }
             })
             .map_err(|e| warning!("{NAME}: marking interrupted runs failed: {e}"))
             .is_ok();
@@ -177,7 +149,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         }
         // run every job that is due, each in its own transactions
         for _ in 0..64 {
-            if crate::workers::stopping() {
+            if stopping() {
                 break;
             }
             let job = match in_transaction(claim_due_job) {
@@ -190,13 +162,15 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
             };
             run_one(&job);
         }
-        // the embedding queue: drained continuously, woken at once when work is committed
-        if !crate::workers::stopping() {
-            crate::embedding::worker::drain();
-        }
-        // rebuilds queued by quantops.maintain_index()
-        if !crate::workers::stopping() {
-            crate::ivf::worker::execute_queued();
+        // continuous work (the embedding queue, woken at once when work is committed; queued
+        // rebuilds), in registration order
+        for c in schedule::capabilities() {
+            if let Some(f) = c.each_pass {
+                if stopping() {
+                    break;
+                }
+                f();
+            }
         }
     }
     // leave a truthful record on the way out
@@ -207,33 +181,33 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
             &[NAME.into()],
         )
     });
-    crate::workers::set_scheduler_pid(0);
+    set_scheduler_pid(0);
     log!("{NAME} stopped");
 }
 
 fn run_one(job: &str) {
     let j = job.to_string();
-    let id = match in_transaction(move || jobs::sql::begin_run(&j, "worker")) {
+    let id = match in_transaction(move || jobs::store::begin_run(&j, "worker")) {
         Ok(id) => id,
         Err(e) => {
             warning!("{NAME}: could not record the start of job \"{job}\": {e}");
             return;
         }
     };
-    let j = job.to_string();
-    // prune and maintain-index manage their own transactions (a batch each; top-level statements)
-    let result = match job {
-        "prune" => crate::prune::worker::run(),
-        "maintain-index" => crate::ivf::worker::run(),
-        _ => match in_transaction(move || jobs::sql::execute(&j)) {
-            Ok(r) => r,
-            Err(e) => Err(e),
-        },
+    // a job row the registry does not know (a newer version's, say) fails its run, recorded
+    let result = match schedule::find(job) {
+        // the job manages its own transactions (a batch each; top-level statements)
+        Some(schedule::Job { worker_body: Some(f), .. }) => f(),
+        Some(schedule::Job { body, .. }) => {
+            let body = *body;
+            in_transaction(body).and_then(|r| r)
+        }
+        None => Err(format!("job \"{job}\" has no implementation in this version of quantops")),
     };
     if let Err(e) = &result {
         warning!("{NAME}: job \"{job}\" failed: {e}");
     }
-    if let Err(e) = in_transaction(move || jobs::sql::finish_run(id, &result)) {
+    if let Err(e) = in_transaction(move || jobs::store::finish_run(id, &result)) {
         warning!("{NAME}: could not record the end of job \"{job}\": {e}");
     }
 }

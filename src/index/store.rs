@@ -1,70 +1,16 @@
-//! `quantops.index_health(...)` and `quantops.maintain_index(...)`: measure an IVFFlat index
-//! (centers read from its own pages, a sample assigned to them, recall against exact search on
-//! demand), record it, decide whether it needs a rebuild, and queue the rebuild for the worker.
+//! The index capability's storage: measure an IVFFlat index (centers read from its own pages, a
+//! sample assigned to them, recall against exact search on demand), record it, decide whether
+//! it needs a rebuild, and queue the rebuild for the worker; and the maintain-index job.
 
 use super::core::{self as ivf, Measured, Thresholds};
-use crate::config::core::{recommended_lists, Metric};
-use crate::error::SqlError;
+use super::config::{recommended_lists, Metric};
+use super::error::IvfError;
+use crate::schedule::JobOutcome;
 use crate::spi::{quote_ident, ReportError};
-use crate::sql_error;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::JsonB;
 use serde_json::{json, Value};
 
-#[derive(Debug, thiserror::Error)]
-pub enum IvfError {
-    #[error("quantops has no IVFFlat index yet")]
-    NotConfigured,
-    #[error("relation with OID {0} does not exist")]
-    NoRelation(u32),
-    #[error("table \"{0}\" has no IVFFlat index")]
-    NoIvfflat(String),
-    #[error("\"{0}\" is not an IVFFlat index")]
-    NotIvfflat(String),
-    #[error("index \"{0}\" is not valid")]
-    Invalid(String),
-    #[error("index \"{0}\" is not supported: {1}")]
-    Unsupported(String, String),
-    #[error("permission denied for table \"{0}\"")]
-    Denied(String),
-    #[error("must be owner of table \"{0}\" to rebuild its index")]
-    NotOwner(String),
-    #[error("{0}")]
-    Spi(#[from] pgrx::spi::SpiError),
-    #[error("invalid {0}: {1}")]
-    Param(&'static str, String),
-    #[error("could not read index \"{0}\": {1}")]
-    Pages(String, String),
-}
-
-impl SqlError for IvfError {
-    fn sqlstate(&self) -> PgSqlErrorCode {
-        use PgSqlErrorCode::*;
-        match self {
-            IvfError::NotConfigured | IvfError::Invalid(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            IvfError::NoRelation(_) => ERRCODE_UNDEFINED_TABLE,
-            IvfError::NoIvfflat(_) => ERRCODE_UNDEFINED_OBJECT,
-            IvfError::NotIvfflat(_) => ERRCODE_WRONG_OBJECT_TYPE,
-            IvfError::Unsupported(..) => ERRCODE_FEATURE_NOT_SUPPORTED,
-            IvfError::Denied(_) | IvfError::NotOwner(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            // SPI itself failed (not a PostgreSQL ERROR, which keeps its own SQLSTATE): a bug
-            IvfError::Spi(_) => ERRCODE_INTERNAL_ERROR,
-            IvfError::Param(..) => ERRCODE_INVALID_PARAMETER_VALUE,
-            IvfError::Pages(..) => ERRCODE_DATA_CORRUPTED,
-        }
-    }
-    fn hint(&self) -> Option<String> {
-        match self {
-            IvfError::NotConfigured => Some("run quantops.configure(dims => ...) to build it".into()),
-            IvfError::NoIvfflat(_) => Some("create one: create index on <table> using ivfflat (<column> vector_cosine_ops) with (lists = ...)".into()),
-            IvfError::Invalid(_) => Some("a failed concurrent build leaves an invalid index; quantops.maintain_index() drops it".into()),
-            IvfError::NotOwner(_) => Some("the quantops worker rebuilds an index as a superuser, so it does so only for the table's owner, as REINDEX requires".into()),
-            _ => None,
-        }
-    }
-}
-sql_error!(IvfError);
 
 /// An IVFFlat index and what it indexes.
 #[derive(Debug, Clone)]
@@ -546,16 +492,6 @@ unsafe fn read_pages_meta(oid: pg_sys::Oid) -> Result<Vec<u8>, String> {
     with_index_blocks(oid, |read, nblocks| if nblocks < 1 { Err("it has no pages".to_string()) } else { Ok(read(ivf::METAPAGE_BLKNO)) })
 }
 
-/// The index's state without sampling (quantops' own index): what every prune run records before
-/// and after. Null when there is no index yet.
-#[pg_extern(name = "_index_state")]
-fn index_state() -> Result<Option<JsonB>, ErrorReport> {
-    match resolve(None) {
-        Ok(t) => Ok(Some(JsonB(state(&t)?))),
-        Err(IvfError::NotConfigured) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
 
 /// Mean distance of a sample to the index's centers and the balance: the baseline of a build
 /// just made (None where there are no rows to measure).
@@ -683,36 +619,6 @@ fn measure_recall(t: &Target, smp: &[(String, Vec<f32>)], k: i32, queries: i32, 
     }))
 }
 
-/// The health of an IVFFlat index (quantops' own by default): rows and churn since the build,
-/// lists against pgvector's guidance, balance and drift from the index's own centers, and on
-/// demand recall@k against exact search with the smallest probes that reach the target. Recorded
-/// in quantops.index_health_log. SQL: quantops.index_health(target regclass, ...) in finalize.sql.
-#[pg_extern(name = "_index_health")]
-fn index_health(
-    target: default!(Option<pg_sys::Oid>, "NULL"),
-    recall: default!(Option<bool>, "false"),
-    k: default!(Option<i32>, "10"),
-    queries: default!(Option<i32>, "50"),
-    target_recall: default!(Option<f64>, "NULL"),
-    sample_rows: default!(Option<i32>, "NULL"),
-) -> Result<JsonB, ErrorReport> {
-    crate::spi::require_primary("index_health")?;
-    if let Some(s) = sample_rows {
-        if !(100..=1_000_000).contains(&s) {
-            return Err(IvfError::Param("sample_rows", format!("{s} (between 100 and 1000000)")).into());
-        }
-    }
-    let t = resolve(target)?;
-    let o = Options {
-        recall: recall.unwrap_or(false),
-        k: k.unwrap_or(10),
-        queries: queries.unwrap_or(50),
-        target_recall,
-        sample_rows,
-        record: true,
-    };
-    Ok(JsonB(measure(&t, &o)?))
-}
 
 /// The statements a rebuild runs, in order (each a top-level statement).
 pub fn plan_statements(t: &Target, lists: i32, current_lists: i32) -> (String, Vec<String>) {
@@ -826,43 +732,28 @@ pub fn plan(t: &Target, force: bool, dry_run: bool, by: &str) -> Result<Value, I
             .unwrap_or_default(),
         };
         out["request_id"] = json!(id);
-        out["executed_by"] = json!(if crate::workers::preloaded() || crate::workers::scheduler_running() {
+        out["executed_by"] = json!(if crate::runtime::preloaded() || crate::runtime::scheduler_running() {
             "the quantops scheduler worker"
         } else {
             "nobody yet: quantops is not in shared_preload_libraries; run the statements yourself"
         });
-        crate::workers::wake_at_commit();
+        crate::runtime::wake_at_commit();
     }
     Ok(out)
 }
 
-/// Measures the index and, when it needs it (or `force`), queues a rebuild that the worker runs
-/// without blocking writes. `dry_run` says what would happen. SQL: quantops.maintain_index(target
-/// regclass, ...) in finalize.sql.
-#[pg_extern(name = "_maintain_index")]
-fn maintain_index(
-    target: default!(Option<pg_sys::Oid>, "NULL"),
-    force: default!(Option<bool>, "false"),
-    dry_run: default!(Option<bool>, "false"),
-) -> Result<JsonB, ErrorReport> {
-    crate::spi::require_primary("maintain_index")?;
-    let t = resolve(target)?;
-    // quantops' own index is quantops' to maintain (the maintain-index job does the same); any
-    // other index is rebuilt by the superuser worker only for the owner of its table
-    if t.key() != DEFAULT_INDEX {
-        // a scalar subquery: one row even if the table was dropped meanwhile (NULL: not the owner)
-        let owner = crate::spi::read_one::<bool>(
-            "select pg_catalog.pg_has_role($1, (select c.relowner from pg_catalog.pg_class c where c.oid = $2), 'USAGE')",
-            &[crate::spi::outer_user().into(), t.table_oid.into()],
-        )
-        .map_err(IvfError::from)?
-        .unwrap_or(false);
-        if !owner {
-            return Err(IvfError::NotOwner(t.table_sql.clone()).into());
-        }
-    }
-    let by: String = crate::spi::read_one("select 'sql:' || quantops._caller_role()", &[]).map_err(IvfError::from)?.unwrap_or_default();
-    Ok(JsonB(plan(&t, force.unwrap_or(false), dry_run.unwrap_or(false), &by)?))
+
+/// The `maintain-index` job from SQL (`run_job`): measure and queue; the worker runs the rebuild.
+pub fn sql_job() -> Result<JobOutcome, String> {
+            let t = match resolve(None) {
+                Ok(t) => t,
+                Err(IvfError::NotConfigured) => {
+                    return Ok(JobOutcome { rows: 0, details: json!({ "skipped": "quantops has no IVFFlat index yet" }) })
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let p = plan(&t, false, false, "job").map_err(|e| e.to_string())?;
+            Ok(JobOutcome { rows: 0, details: summarize_plan(p) })
 }
 
 #[cfg(test)]

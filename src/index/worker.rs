@@ -5,11 +5,11 @@
 //! DROP INDEX CONCURRENTLY the old one, rename), then measure again.
 
 use super::core as ivf;
-use super::sql::{measure, plan, plan_statements, resolve, Options, DEFAULT_INDEX};
-use crate::jobs::core::JobOutcome;
+use super::error::IvfError;
+use super::store::{measure, plan, plan_statements, resolve, Options, DEFAULT_INDEX};
+use crate::schedule::JobOutcome;
 use crate::spi::quote_ident;
-use crate::workers::scheduler::in_transaction;
-use crate::workers::toplevel;
+use crate::xact::{in_transaction, toplevel};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -20,14 +20,29 @@ pub fn run() -> Result<JobOutcome, String> {
         match resolve(None) {
             Ok(t) => plan(&t, false, false, "worker").map_err(|e| e.to_string()),
             // nothing to maintain before quantops.configure() built the index
-            Err(super::sql::IvfError::NotConfigured) => Ok(json!({ "skipped": "quantops has no IVFFlat index yet" })),
+            Err(IvfError::NotConfigured) => Ok(json!({ "skipped": "quantops has no IVFFlat index yet" })),
             Err(e) => Err(e.to_string()),
         }
     })??;
     let done = execute_queued();
-    let mut details = super::sql::summarize_plan(planned);
+    let mut details = super::store::summarize_plan(planned);
     details["rebuilds_run"] = json!(done);
     Ok(JobOutcome { rows: done.len() as i64, details })
+}
+
+/// The worker's pass (the registry's `each_pass`): rebuilds queued by `maintain_index()`.
+pub fn each_pass() {
+    execute_queued();
+}
+
+/// At the worker's start: a rebuild left 'running' by an earlier incarnation of the worker failed.
+pub fn on_worker_start() {
+    crate::spi::run(
+        "marking interrupted rebuilds",
+        "update quantops.index_builds set status = 'failed', finished_at = pg_catalog.clock_timestamp(), \
+           error = 'interrupted: the worker stopped before the rebuild ended' where status = 'running'",
+        &[],
+    );
 }
 
 /// Runs every queued rebuild; returns each one's outcome.
@@ -96,7 +111,7 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
             .flatten()
             .ok_or_else(|| format!("index \"{n}\" does not exist any more"))?;
         let t = resolve(Some(oid)).map_err(|e| e.to_string())?;
-        let (meta, _) = super::sql::read_centers(&t).map_err(|e| e.to_string())?;
+        let (meta, _) = super::store::read_centers(&t).map_err(|e| e.to_string())?;
         let rows: i64 = Spi::get_one(&format!("select count(*) from {}", t.table_sql)).ok().flatten().unwrap_or(0);
         let lists = lists.unwrap_or(meta.lists as i32);
         let (method, stmts) = plan_statements(&t, lists, meta.lists as i32);
@@ -176,9 +191,9 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
             .ok_or_else(|| format!("index \"{n}\" is gone after the rebuild"))?;
         let t = resolve(Some(oid)).map_err(|e| e.to_string())?;
         // the new build's baseline first, so that the health below measures drift against it
-        let (meta, centers) = super::sql::read_centers(&t).map_err(|e| e.to_string())?;
-        let (rows, ins, del) = super::sql::table_stats(&t);
-        let (md, bb) = super::sql::build_baseline(&t, &centers, rows);
+        let (meta, centers) = super::store::read_centers(&t).map_err(|e| e.to_string())?;
+        let (rows, ins, del) = super::store::table_stats(&t);
+        let (md, bb) = super::store::build_baseline(&t, &centers, rows);
         crate::spi::run(
             "recording the build",
             "update quantops.index_builds set relfilenode = $2, rows_at_build = $3, tup_ins_at_build = $4, tup_del_at_build = $5, \

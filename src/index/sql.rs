@@ -1,79 +1,22 @@
-//! `quantops.configure(dims, lists, metric)`: fixes the embedding column's dimension and builds
-//! the IVFFlat index. Run it once after CREATE EXTENSION (a migration), and again to change the
-//! index's lists or metric. It takes an ACCESS EXCLUSIVE lock while it works; on a populated table
-//! prefer quantops.maintain_index(), which rebuilds without blocking writes.
+//! The index capability's SQL surface. `configure(dims, lists, metric)` fixes the embedding
+//! column's dimension and builds the IVFFlat index: run it once after CREATE EXTENSION (a
+//! migration), and again to change the index's lists or metric; it takes an ACCESS EXCLUSIVE lock
+//! while it works, so on a populated table prefer `maintain_index()`, which rebuilds without
+//! blocking writes. `index_health(...)` and `maintain_index(...)` (SQL faces taking a regclass,
+//! in sql/finalize.sql, over `_index_health` and `_maintain_index`) measure an index and queue
+//! its rebuild; `_index_state()` is what every prune run records.
 
-use super::core::{self as rules, ConfigProblem};
+use super::config as rules;
+use super::error::{ConfigError, IvfError};
+use super::store::{measure, plan, resolve, state, Options, DEFAULT_INDEX};
 use crate::audit;
-use crate::error::SqlError;
 use crate::spi::{quote_ident, run, vector_schema};
-use crate::sql_error;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::JsonB;
 use serde_json::json;
 
 pub const INDEX_NAME: &str = "signal_embeddings_embedding_ivfflat_idx";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0} must not be null")]
-    Null(&'static str),
-    #[error("invalid dims: {0}")]
-    Dims(i32),
-    #[error("invalid lists: {0}")]
-    Lists(i32),
-    #[error("unknown metric \"{0}\"")]
-    Metric(String),
-    #[error("quantops.signal_embeddings holds {count} embeddings of {dims} dimensions, not {want}")]
-    Populated { count: i64, dims: i32, want: i32 },
-    #[error("extension \"vector\" is not installed")]
-    NoVector,
-    #[error("{0}")]
-    Spi(#[from] pgrx::spi::SpiError),
-}
-
-impl SqlError for ConfigError {
-    fn sqlstate(&self) -> PgSqlErrorCode {
-        use PgSqlErrorCode::*;
-        match self {
-            ConfigError::Null(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            ConfigError::Dims(_) | ConfigError::Lists(_) | ConfigError::Metric(_) => ERRCODE_INVALID_PARAMETER_VALUE,
-            ConfigError::Populated { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            ConfigError::NoVector => ERRCODE_UNDEFINED_OBJECT,
-            // SPI itself failed (a PostgreSQL ERROR keeps its own SQLSTATE): a bug in quantops
-            ConfigError::Spi(_) => ERRCODE_INTERNAL_ERROR,
-        }
-    }
-    fn detail(&self) -> Option<String> {
-        match self {
-            ConfigError::Dims(_) => Some(format!("dims must be between 1 and {} (pgvector's IVFFlat limit)", rules::MAX_DIMS)),
-            ConfigError::Lists(_) => Some(format!("lists must be between 1 and {}", rules::MAX_LISTS)),
-            ConfigError::Metric(_) => Some("metric must be one of cosine, l2, ip".into()),
-            _ => None,
-        }
-    }
-    fn hint(&self) -> Option<String> {
-        match self {
-            ConfigError::Populated { .. } => Some(
-                "clear the embeddings (update quantops.signal_embeddings set embedding = null, embedder = null) and re-embed, or keep the current dims".into(),
-            ),
-            ConfigError::Lists(_) => Some("leave lists null to use pgvector's guidance: rows / 1000, sqrt(rows) past a million".into()),
-            _ => None,
-        }
-    }
-}
-sql_error!(ConfigError);
-
-impl From<ConfigProblem> for ConfigError {
-    fn from(p: ConfigProblem) -> Self {
-        match p {
-            ConfigProblem::Dims(d) => ConfigError::Dims(d),
-            ConfigProblem::Lists(l) => ConfigError::Lists(l),
-            ConfigProblem::Metric(m) => ConfigError::Metric(m),
-        }
-    }
-}
 
 /// Sets the embedding dimension and (re)builds the IVFFlat index. Returns the settings.
 #[pg_extern]
@@ -132,7 +75,7 @@ fn configure(
         ),
         &[],
     );
-    crate::ivf::sql::record_build("create", "quantops.configure")?;
+    super::store::record_build("create", "quantops.configure")?;
     run(
         "recording the settings",
         "update quantops.settings set embedding_dims = $1, index_lists = $2, index_metric = $3, search_probes = null, \
@@ -141,13 +84,85 @@ fn configure(
     );
     let settings = json!({ "dims": dims, "lists": lists, "metric": metric.name(),
                            "probes": rules::recommended_probes(lists), "rows": rows, "index": INDEX_NAME });
-    audit::sql::record_call(
+    audit::store::record_call(
         "configure",
         json!({ "dims": dims, "lists": lists, "metric": metric.name() }),
         Some(settings.clone()),
         started,
     );
     Ok(JsonB(settings))
+}
+
+
+/// The index's state without sampling (quantops' own index): what every prune run records before
+/// and after. Null when there is no index yet.
+#[pg_extern(name = "_index_state")]
+fn index_state() -> Result<Option<JsonB>, ErrorReport> {
+    match resolve(None) {
+        Ok(t) => Ok(Some(JsonB(state(&t)?))),
+        Err(IvfError::NotConfigured) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The health of an IVFFlat index (quantops' own by default): rows and churn since the build,
+/// lists against pgvector's guidance, balance and drift from the index's own centers, and on
+/// demand recall@k against exact search with the smallest probes that reach the target. Recorded
+/// in quantops.index_health_log. SQL: quantops.index_health(target regclass, ...) in finalize.sql.
+#[pg_extern(name = "_index_health")]
+fn index_health(
+    target: default!(Option<pg_sys::Oid>, "NULL"),
+    recall: default!(Option<bool>, "false"),
+    k: default!(Option<i32>, "10"),
+    queries: default!(Option<i32>, "50"),
+    target_recall: default!(Option<f64>, "NULL"),
+    sample_rows: default!(Option<i32>, "NULL"),
+) -> Result<JsonB, ErrorReport> {
+    crate::spi::require_primary("index_health")?;
+    if let Some(s) = sample_rows {
+        if !(100..=1_000_000).contains(&s) {
+            return Err(IvfError::Param("sample_rows", format!("{s} (between 100 and 1000000)")).into());
+        }
+    }
+    let t = resolve(target)?;
+    let o = Options {
+        recall: recall.unwrap_or(false),
+        k: k.unwrap_or(10),
+        queries: queries.unwrap_or(50),
+        target_recall,
+        sample_rows,
+        record: true,
+    };
+    Ok(JsonB(measure(&t, &o)?))
+}
+
+/// Measures the index and, when it needs it (or `force`), queues a rebuild that the worker runs
+/// without blocking writes. `dry_run` says what would happen. SQL: quantops.maintain_index(target
+/// regclass, ...) in finalize.sql.
+#[pg_extern(name = "_maintain_index")]
+fn maintain_index(
+    target: default!(Option<pg_sys::Oid>, "NULL"),
+    force: default!(Option<bool>, "false"),
+    dry_run: default!(Option<bool>, "false"),
+) -> Result<JsonB, ErrorReport> {
+    crate::spi::require_primary("maintain_index")?;
+    let t = resolve(target)?;
+    // quantops' own index is quantops' to maintain (the maintain-index job does the same); any
+    // other index is rebuilt by the superuser worker only for the owner of its table
+    if t.key() != DEFAULT_INDEX {
+        // a scalar subquery: one row even if the table was dropped meanwhile (NULL: not the owner)
+        let owner = crate::spi::read_one::<bool>(
+            "select pg_catalog.pg_has_role($1, (select c.relowner from pg_catalog.pg_class c where c.oid = $2), 'USAGE')",
+            &[crate::spi::outer_user().into(), t.table_oid.into()],
+        )
+        .map_err(IvfError::from)?
+        .unwrap_or(false);
+        if !owner {
+            return Err(IvfError::NotOwner(t.table_sql.clone()).into());
+        }
+    }
+    let by: String = crate::spi::read_one("select 'sql:' || quantops._caller_role()", &[]).map_err(IvfError::from)?.unwrap_or_default();
+    Ok(JsonB(plan(&t, force.unwrap_or(false), dry_run.unwrap_or(false), &by)?))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -2,7 +2,7 @@
 //! balance and drift, a reference k-means, recall statistics, and the rebuild decision.
 //! Nothing here touches Postgres; every function is tested below.
 
-use crate::config::core::{recommended_lists, recommended_probes, Metric};
+use super::config::{recommended_lists, recommended_probes, Metric};
 use rayon::prelude::*;
 
 /// pgvector's IVFFlat on-disk constants (src/ivfflat.h, format version 1).

@@ -1,0 +1,75 @@
+//! The embedding refresh's errors and their SQLSTATEs.
+
+use crate::error::SqlError;
+use crate::sql_error;
+use pgrx::PgSqlErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddingError {
+    #[error("{0} must not be null")]
+    Null(&'static str),
+    #[error("invalid embedder: {0}")]
+    Invalid(String),
+    #[error("embedder \"{0}\" does not exist")]
+    Unknown(String),
+    #[error("embedder \"{name}\" version {version} does not exist")]
+    UnknownVersion { name: String, version: i32 },
+    #[error("no embedder is active")]
+    NoneActive,
+    #[error("embedder \"{0}\" is an http embedder")]
+    HttpInSql(String),
+    #[error("embedder dims {dims} do not match the configured dims ({})", configured.map(|c| c.to_string()).unwrap_or_else(|| "none".into()))]
+    Dims { dims: i32, configured: Option<i32> },
+    #[error("invalid {what}: {why}")]
+    Argument { what: &'static str, why: String },
+    #[error("{0}")]
+    Egress(crate::embedding::egress::EgressError),
+    #[error("{0}")]
+    Spi(#[from] pgrx::spi::SpiError),
+}
+
+impl SqlError for EmbeddingError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            EmbeddingError::Null(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            EmbeddingError::Invalid(_) | EmbeddingError::Argument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => ERRCODE_UNDEFINED_OBJECT,
+            EmbeddingError::NoneActive | EmbeddingError::HttpInSql(_) | EmbeddingError::Dims { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            EmbeddingError::Egress(crate::embedding::egress::EgressError::NotAllowed { .. }) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            EmbeddingError::Egress(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            // SPI itself failed (a PostgreSQL ERROR keeps its own SQLSTATE): a bug in quantops
+            EmbeddingError::Spi(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+    fn detail(&self) -> Option<String> {
+        match self {
+            EmbeddingError::HttpInSql(_) => Some(
+                "an http provider is called only from the scheduler worker, never inside an open transaction".into(),
+            ),
+            _ => None,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            EmbeddingError::NoneActive => {
+                Some("register one with quantops.register_embedder(..., activate => true)".into())
+            }
+            EmbeddingError::HttpInSql(_) => Some(
+                "put quantops in shared_preload_libraries; the worker drains the queue (see quantops.embedding_status)".into(),
+            ),
+            EmbeddingError::Dims { .. } => Some("run quantops.configure(dims => ...) first, or register the embedder with the configured dims".into()),
+            EmbeddingError::Egress(crate::embedding::egress::EgressError::NotAllowed { .. }) => Some(
+                "a superuser adds the host to quantops.embedding_allowed_hosts (ALTER SYSTEM, then pg_reload_conf())".into(),
+            ),
+            EmbeddingError::Egress(crate::embedding::egress::EgressError::KeyInClear { .. }) => Some("use an https:// url".into()),
+            EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => {
+                Some("see select name, version, kind, active from quantops.embedders".into())
+            }
+            _ => None,
+        }
+    }
+}
+sql_error!(EmbeddingError);

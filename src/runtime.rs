@@ -1,0 +1,92 @@
+//! What every process of quantops may ask about the scheduler worker, whatever layer it is in:
+//! whether the server preloaded quantops, how to wake the worker (its latch, now or at commit),
+//! and whether a stop or reload was asked. It imports nothing of quantops, so the SQL surface
+//! wakes the worker without depending on it.
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// The scheduler's pid, in shared memory, so any backend can set its latch.
+static SCHEDULER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_scheduler_pid") };
+
+/// True in every process of a server that loaded quantops through shared_preload_libraries
+/// (the postmaster sets it in _PG_init and its children inherit it).
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+/// Marks this server as preloaded and claims the scheduler's slot in shared memory: only from
+/// `_PG_init` while shared_preload_libraries is processed.
+#[allow(unexpected_cfgs)]
+pub fn init_preloaded() {
+    PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(SCHEDULER_PID);
+}
+
+pub fn set_scheduler_pid(pid: i32) {
+    if preloaded() {
+        SCHEDULER_PID.get().store(pid, Ordering::SeqCst);
+    }
+}
+
+/// True once the worker was asked to stop (SIGTERM). Sticky, unlike pgrx's
+/// `BackgroundWorker::sigterm_received()`, which clears the flag it reads: a check deep in a job
+/// must never swallow the request the main loop needs to see.
+pub fn stopping() -> bool {
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+/// Applies a changed configuration (SIGHUP) now: the main loop calls it at every pass, and a
+/// long job (an embedding drain) between its steps, so a superuser's reload (a smaller egress
+/// allowlist, say) takes effect within a step, not after the job.
+pub fn reload_if_asked() {
+    if pgrx::bgworkers::BackgroundWorker::sighup_received() {
+        // SAFETY: the worker's main thread, between transactions
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+/// True when a scheduler worker has announced itself in shared memory.
+pub fn scheduler_running() -> bool {
+    preloaded() && SCHEDULER_PID.get().load(Ordering::SeqCst) > 0
+}
+
+/// Sets the scheduler's latch now, if it runs.
+pub fn wake_now() {
+    if !preloaded() {
+        return;
+    }
+    let pid = SCHEDULER_PID.get().load(Ordering::SeqCst);
+    if pid <= 0 {
+        return;
+    }
+    unsafe {
+        let proc_ = pg_sys::BackendPidGetProc(pid);
+        if !proc_.is_null() {
+            pg_sys::SetLatch(&raw mut (*proc_).procLatch);
+        }
+    }
+}
+
+thread_local! {
+    static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes the scheduler when this transaction commits (once, however many rows it enqueued), so
+/// new work is seen at once instead of after the naptime. Nothing happens on abort.
+pub fn wake_at_commit() {
+    if !preloaded() || WAKE_PENDING.with(|w| w.get()) {
+        return;
+    }
+    WAKE_PENDING.with(|w| w.set(true));
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
+        WAKE_PENDING.with(|w| w.set(false));
+        wake_now();
+    });
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, || {
+        WAKE_PENDING.with(|w| w.set(false));
+    });
+}
