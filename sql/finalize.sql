@@ -45,7 +45,6 @@ alter function quantops.evaluate_flag(text, jsonb) set search_path = pg_catalog,
 alter function quantops.require_flag(text, jsonb) set search_path = pg_catalog, pg_temp;
 alter function quantops._flag_check(text, jsonb) set search_path = pg_catalog, pg_temp;
 alter function quantops._flags_invalidate() set search_path = pg_catalog, pg_temp;
-alter function quantops._flag_bench_rust(bigint) set search_path = pg_catalog, pg_temp;
 alter function quantops._gates_passed(text) set search_path = pg_catalog, pg_temp;
 alter function quantops._gates_consume(text) set search_path = pg_catalog, pg_temp;
 alter function quantops.verify_audit(text) set search_path = pg_catalog, pg_temp;

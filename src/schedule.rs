@@ -95,9 +95,11 @@ mod tests {
 
     #[test]
     fn jobs_are_found_by_name_in_registration_order() {
-        register(&[&A, &B]);
+        static BOTH: &[&Capability] = &[&A, &B];
+        static ONLY_B: &[&Capability] = &[&B];
+        register(BOTH);
         // a second registration changes nothing
-        register(&[&B]);
+        register(ONLY_B);
         assert_eq!(names(), "one, two");
         assert_eq!(find("two").map(|j| j.every), Some(None));
         assert!(find("drop-everything").is_none());

@@ -9,7 +9,8 @@
 //! transaction commits (never before; never at all on rollback). Our relcache callback then
 //! clears the cache. Checking it costs a comparison of two integers.
 
-use super::core::{self as flags, CompiledFlag, Context, ContextValue, Environment, ErrorCode, Evaluation, FlagError};
+use super::context::{Context, ContextValue};
+use super::core::{self as flags, CompiledFlag, Environment, ErrorCode, Evaluation, FlagError};
 use crate::error::SqlError;
 use crate::{gucs, sql_error};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -430,18 +431,6 @@ fn flags_invalidate() {
     if oid != 0 {
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(pg_sys::Oid::from(oid)) };
     }
-}
-
-/// The pure Rust evaluator alone, for the benchmark: `n` evaluations of a flag with one
-/// constraint and a 25 % rollout over prepared contexts. Returns {evaluations, enabled, seconds,
-/// per_second, ns_per_evaluation}.
-#[pg_extern(volatile, name = "_flag_bench_rust")]
-fn flag_bench_rust(n: i64) -> JsonB {
-    let n = n.clamp(1, 1_000_000_000) as u64;
-    let (enabled, d) = flags::bench_evaluations(n);
-    let s = d.as_secs_f64().max(1e-9);
-    JsonB(serde_json::json!({ "evaluations": n, "enabled": enabled, "seconds": s,
-                              "per_second": n as f64 / s, "ns_per_evaluation": s * 1e9 / n as f64 }))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
