@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of the feature flags (issue: flag evaluation speed). One flag, bench.flag:
+# Benchmark of the feature flags' evaluation speed. One flag, bench.flag:
 #   {"environments": {"production": true}, "rules": [{"constraints": [{"attribute": "role",
 #    "op": "in", "values": ["desk", "admin"]}], "rollout": {"percentage": 25, "stickiness": "user_id"}}]}
 # written both in quantops (quantops.set_flag) and in a plain PL/pgSQL implementation of the same
@@ -12,7 +12,8 @@
 #   P  the same with bench_flags.flag_enabled (over N/10 rows, scaled, when N rows would take
 #      more than 30 s)
 #   X  the overhead alone: ... where jsonb_build_object('user_id', g, 'role', 'desk') is not null
-#   R  select quantops._flag_bench_rust(20000000): the pure Rust evaluator alone (one core)
+#   R  cargo run --release --example flag_bench -- 20000000: the pure Rust evaluator alone, outside
+#      PostgreSQL (one core; examples/flag_bench.rs)
 # Goals: E >= 10 times P (evaluations per second from SQL); E <= 2 us per evaluation from SQL;
 # R >= 5,000,000 evaluations per second per core. Times are psql's \timing (client round trip
 # included, negligible at these sizes).
@@ -144,7 +145,8 @@ fi
 read -r E_C1 E_C2 E_T1 E_T2 < <(timed "$(E_SQL "$N")")
 read -r P_C1 P_C2 P_T1 P_T2 < <(timed "$(P_SQL "$P_N")")
 read -r X_C1 X_C2 X_T1 X_T2 < <(timed "$(X_SQL "$N")")
-R_OUT=$(q -c '\timing off' -c "select quantops._flag_bench_rust($R_N)" -c "select quantops._flag_bench_rust($R_N)")
+cargo build --quiet --release --example flag_bench
+R_OUT=$("$ROOT/target/release/examples/flag_bench" "$R_N"; "$ROOT/target/release/examples/flag_bench" "$R_N")
 # E's count over P_N rows, to compare with P's when P ran on fewer rows
 E_CP=$E_C1
 if [ "$P_N" != "$N" ]; then E_CP=$(q -c "$(E_SQL "$P_N")"); fi
@@ -176,7 +178,7 @@ row("E  quantops.flag_enabled", n, e, te)
 row("P  bench_flags.flag_enabled (PL/pgSQL)", p_n, p, tp)
 row("X  overhead (series + jsonb_build_object)", n, x, tx)
 for i, j in enumerate(r, 1):
-    print(f"  {'R  quantops._flag_bench_rust, run ' + str(i):44s} {j['evaluations']:10,d} {j['seconds']:8.3f} {'':8s} {fmt(j['per_second']):>14s} {j['ns_per_evaluation'] / 1000:8.3f}  {j['enabled']} enabled")
+    print(f"  {'R  examples/flag_bench, run ' + str(i):44s} {j['evaluations']:10,d} {j['seconds']:8.3f} {'':8s} {fmt(j['per_second']):>14s} {j['ns_per_evaluation'] / 1000:8.3f}  {j['enabled']} enabled")
 if p_n != n:
     print(f"  P ran over {p_n:,d} rows (N/10): a probe of 10,000 took {probe_ms:.0f} ms, so N rows would take about "
           f"{probe_ms * n / 10000 / 1000:.0f} s; its rate is per evaluation, scaled")

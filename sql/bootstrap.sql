@@ -5,6 +5,21 @@
 -- Everything else is schema-qualified.
 
 -- ---------------------------------------------------------------------------------------------
+-- Who may execute what: one row per routine granted to an API role, inserted right after the
+-- routine's definition (here, in the other sql/ files, and next to each #[pg_extern] in src/).
+-- grant_roles() grants from it (the install script, every upgrade, and by hand after the roles
+-- were created late); the role-matrix test reads it too. A routine with no row is executable by
+-- the extension's owner only. Tiers: anon, authenticated, service_role, postgres; each tier also
+-- goes to the roles above it (see grant_roles).
+-- ---------------------------------------------------------------------------------------------
+create table quantops.routine_grants (
+  routine text primary key,   -- 'quantops.name(argument types)'; @vector@ is pgvector's type, qualified
+  tier    text not null check (tier in ('anon', 'authenticated', 'service_role', 'postgres'))
+);
+alter table quantops.routine_grants enable row level security;
+create policy readable on quantops.routine_grants for select using (true);
+
+-- ---------------------------------------------------------------------------------------------
 -- Identity, the way Supabase's auth.uid()/auth.role() read it (PostgREST sets these per request)
 -- ---------------------------------------------------------------------------------------------
 -- No SET clause, so that PostgreSQL inlines it (in RLS policies and triggers it is then as cheap
@@ -22,6 +37,7 @@ as $$
        operator(pg_catalog.->>) 'sub'
   )::pg_catalog.uuid
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.uid()', 'anon');
 comment on function quantops.uid() is
   'the caller''s user id from the JWT claims that PostgREST sets (same result as Supabase''s auth.uid())';
 
@@ -34,6 +50,7 @@ as $$
               then session_user::pg_catalog.text
               else pg_catalog.current_setting('role') end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops._caller_role()', 'service_role');
 
 -- A function that writes refuses to run on a read replica with 25006 and says where to go,
 -- before it does anything (PostgreSQL alone would say only "cannot execute INSERT in a read-only
@@ -51,9 +68,10 @@ begin
   end if;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops._require_primary(text)', 'service_role');
 
 -- ---------------------------------------------------------------------------------------------
--- Settings: one row. quantops.configure(dims => ...) writes it.
+-- Settings: one row. quantops.configure(dims => ...) writes it; set_artifact_check() the last.
 -- ---------------------------------------------------------------------------------------------
 create table quantops.settings (
   id             boolean primary key default true check (id),
@@ -61,8 +79,13 @@ create table quantops.settings (
   index_metric   text not null default 'cosine' check (index_metric in ('cosine', 'l2', 'ip')),
   index_lists    integer check (index_lists between 1 and 32768),
   configured_at  timestamptz,
-  configured_by  text
+  configured_by  text,
+  -- the probes that the last recall measurement found for the target recall; null = sqrt(lists)
+  search_probes  integer check (search_probes between 1 and 32768),
+  artifact_check text not null default 'storage' check (artifact_check in ('storage', 'off'))
 );
+comment on column quantops.settings.artifact_check is
+  'storage: promotion requires an object under the version''s prefix in storage.objects; off: no artifact check (set explicitly where there is no storage schema)';
 insert into quantops.settings default values;
 
 -- ---------------------------------------------------------------------------------------------
@@ -80,6 +103,7 @@ as $$
              or '-Infinity'::pg_catalog.float8 operator(pg_catalog.=) any (a))
   ) or pg_catalog.cardinality(a) operator(pg_catalog.=) 0
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops._finite_array(double precision[])', 'authenticated');
 
 create function quantops._finite(x double precision) returns boolean
 language sql immutable parallel safe
@@ -87,6 +111,7 @@ as $$
   select x is null or not (x operator(pg_catalog.=) 'NaN'::pg_catalog.float8 or x operator(pg_catalog.=) 'Infinity'::pg_catalog.float8
                            or x operator(pg_catalog.=) '-Infinity'::pg_catalog.float8)
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops._finite(double precision)', 'authenticated');
 
 create table quantops.signal_embeddings (
   id               bigint generated always as identity primary key,
@@ -285,6 +310,7 @@ as $$
     'outcome', r.outcome, 'detail', r.detail, 'duration_us', r.duration_us, 'call_id', r.call_id
   )::pg_catalog.text
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops._audit_payload(quantops.audit_log)', 'service_role');
 
 create function quantops._audit_chain() returns trigger
 language plpgsql
@@ -376,7 +402,7 @@ create policy readable on quantops.audit_heads for select using (true);
 -- Grants for Supabase's roles that exist when it runs. finalize.sql calls it once; run it again
 -- (as the extension's owner) after creating the roles later on a plain PostgreSQL.
 --
--- One declaration per function: the roles that may execute it. Four tiers:
+-- Routines: one row of quantops.routine_grants each (next to its definition), a tier each:
 --   anon          reads that write nothing (flags)
 --   authenticated an agent's RPCs, under its RLS
 --   service_role  flows and maintenance (Prefect, pg_cron jobs scheduled with the service key)
@@ -385,7 +411,7 @@ create policy readable on quantops.audit_heads for select using (true);
 --                 SELECT on every table; never an internal helper (a name starting with "_")
 --                 unless a caller-rights routine of its tier needs it, and never a write to a
 --                 table that a gate, a chain or the worker trusts.
--- Functions not named here are executable by the extension's owner only (triggers, internal
+-- Routines with no row are executable by the extension's owner only (triggers, internal
 -- helpers, the gates' token).
 create function quantops.grant_roles() returns void
 language plpgsql
@@ -399,71 +425,7 @@ declare
                       join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector');
 begin
   execute 'grant usage on schema quantops to public';
-  for g in
-    select v.fn, v.tier from (values
-      -- anon and up: reads that write nothing
-      ('quantops.uid()', 'anon'),
-      ('quantops.flag_enabled(text, jsonb)', 'anon'),
-      ('quantops.evaluate_flag(text, jsonb)', 'anon'),
-      ('quantops.require_flag(text, jsonb)', 'anon'),
-      -- authenticated and up: agents
-      ('quantops._finite(double precision)', 'authenticated'),
-      ('quantops._finite_array(double precision[])', 'authenticated'),
-      ('quantops._text_list(jsonb, text)', 'authenticated'),
-      ('quantops.redact_secrets(jsonb)', 'authenticated'),
-      ('quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text)', 'authenticated'),
-      ('quantops.embedding_asof(bigint, timestamptz)', 'authenticated'),
-      ('quantops.match_signals(@vector@, integer, jsonb, timestamptz)', 'authenticated'),
-      ('quantops.alias_asof(text, text, timestamptz)', 'authenticated'),
-      ('quantops.discover(text, text)', 'authenticated'),
-      ('quantops.backtest_metrics(double precision[], integer, double precision)', 'authenticated'),
-      -- service_role and postgres: flows and maintenance
-      ('quantops._caller_role()', 'service_role'),
-      -- the prune procedure runs with its caller's rights; it first asks whether this is a primary
-      ('quantops._require_primary(text)', 'service_role'),
-      ('quantops._audit_payload(quantops.audit_log)', 'service_role'),
-      ('quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb)', 'service_role'),
-      ('quantops.verify_audit(text)', 'service_role'),
-      ('quantops.status()', 'service_role'),
-      ('quantops.run_job(text)', 'service_role'),
-      ('quantops.register_embedder(text, text, integer, jsonb, boolean)', 'service_role'),
-      ('quantops.set_embedder(text, integer)', 'service_role'),
-      ('quantops.refresh_embeddings(bigint, bigint, bigint)', 'service_role'),
-      ('quantops.sweep_embeddings()', 'service_role'),
-      ('quantops.retry_failed(text, text)', 'service_role'),
-      ('quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[])', 'service_role'),
-      ('quantops.set_retention(text, text, text, interval, integer, boolean)', 'service_role'),
-      ('quantops.drop_retention(text)', 'service_role'),
-      ('quantops.prune_plan(text)', 'service_role'),
-      ('quantops.prune_batch(text, integer)', 'service_role'),
-      ('quantops.restore_archived(bigint[], text, integer)', 'service_role'),
-      ('quantops.prune(boolean, integer, bigint, text, jsonb)', 'service_role'),
-      -- the prune procedure runs with its caller's rights (it commits); these are its steps
-      ('quantops._prune_start(text)', 'service_role'),
-      ('quantops._prune_record(bigint, bigint, jsonb)', 'service_role'),
-      ('quantops._prune_health()', 'service_role'),
-      ('quantops.index_health(regclass, boolean, integer, integer, double precision, integer)', 'service_role'),
-      ('quantops.maintain_index(regclass, boolean, boolean)', 'service_role'),
-      -- the regclass faces above are SQL functions with their caller's rights; these check the
-      -- caller themselves (SELECT on the table to measure it, ownership to rebuild it)
-      ('quantops._index_health(oid, boolean, integer, integer, double precision, integer)', 'service_role'),
-      ('quantops._maintain_index(oid, boolean, boolean)', 'service_role'),
-      ('quantops.create_model(text, text, text)', 'service_role'),
-      ('quantops.register_model_version(text, text, text, jsonb, text, text)', 'service_role'),
-      ('quantops.promote(text, integer, text, integer, text)', 'service_role'),
-      ('quantops.rollback(text, text)', 'service_role'),
-      ('quantops.set_promotion_policy(text, text, double precision, double precision, integer, interval, double precision, double precision, boolean)', 'service_role'),
-      ('quantops.artifacts_to_delete(interval)', 'service_role'),
-      ('quantops.consume_events(text, integer, integer)', 'service_role'),
-      ('quantops.ack_event(bigint, text)', 'service_role'),
-      ('quantops.record_backtest(text, text, timestamptz, timestamptz, double precision, double precision, double precision, double precision, double precision, double precision, double precision, integer, jsonb, text, integer, text)', 'service_role'),
-      ('quantops.set_flag(text, jsonb)', 'service_role'),
-      ('quantops.kill_flag(text, boolean)', 'service_role'),
-      ('quantops.drop_flag(text)', 'service_role'),
-      -- postgres only: settings of the whole installation
-      ('quantops.configure(integer, integer, text)', 'postgres'),
-      ('quantops.set_artifact_check(text)', 'postgres')
-    ) as v(fn, tier)
+  for g in select x.routine as fn, x.tier from quantops.routine_grants x order by x.routine
   loop
     foreach r in array case g.tier
         when 'anon' then array['anon', 'authenticated', 'service_role', 'postgres']
@@ -472,9 +434,7 @@ begin
         else array['postgres'] end
     loop
       continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
-      execute pg_catalog.format('grant execute on %s %s to %I',
-        case when g.fn like 'quantops.prune(%' then 'procedure' else 'function' end,
-        pg_catalog.replace(g.fn, '@vector@', v_vector), r);
+      execute pg_catalog.format('grant execute on routine %s to %I', pg_catalog.replace(g.fn, '@vector@', v_vector), r);
     end loop;
   end loop;
   -- tables: privileges decide which roles reach a table, RLS policies which rows.
@@ -505,7 +465,8 @@ begin
       'quantops.embedding_failures, quantops.signal_embedding_history, quantops.embedding_status, '
       'quantops.retention_policies, quantops.prune_state, quantops.index_builds, quantops.index_health_log, '
       'quantops.models, quantops.model_versions, quantops.alias_history, quantops.promotion_policies, '
-      'quantops.outbox, quantops.backtest_leaderboard, quantops.flags, quantops.flag_exposures to %I', r);
+      'quantops.outbox, quantops.backtest_leaderboard, quantops.flags, quantops.flag_exposures, '
+      'quantops.routine_grants to %I', r);
   end loop;
 end
 $$;

@@ -149,6 +149,7 @@ as $$
    where h.signal_id = embedding_asof.signal_id and h.valid_from <= embedding_asof.at and embedding_asof.at < h.valid_to
   limit 1
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.embedding_asof(bigint, timestamptz)', 'authenticated');
 
 -- The backlog at a glance. security_invoker: what the caller may read is what it sees.
 create view quantops.embedding_status with (security_invoker = true) as

@@ -107,6 +107,7 @@ begin
   return pg_catalog.to_jsonb(r);
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.set_flag(text, jsonb)', 'service_role');
 
 -- The kill switch: off for everyone, everywhere, at once (overrides every rule).
 create function quantops.kill_flag(key text, killed boolean default true) returns jsonb
@@ -129,6 +130,7 @@ begin
   return pg_catalog.to_jsonb(r);
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.kill_flag(text, boolean)', 'service_role');
 
 create function quantops.drop_flag(key text) returns boolean
 language plpgsql
@@ -144,6 +146,7 @@ begin
   return true;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.drop_flag(text)', 'service_role');
 
 -- The hot path, a C-convention function: it reads the jsonb context in place. Stable, so it can be
 -- used in queries and RLS policies: using (quantops.flag_enabled('strategy.momentum_v2',
@@ -154,5 +157,6 @@ language c
 stable
 parallel safe
 as 'MODULE_PATHNAME', 'quantops_flag_enabled';
+insert into quantops.routine_grants (routine, tier) values ('quantops.flag_enabled(text, jsonb)', 'anon');
 comment on function quantops.flag_enabled(text, jsonb) is
   'whether a feature flag is on for this context in quantops.environment; false for an unknown flag; usable in RLS policies';

@@ -18,6 +18,82 @@ end
 $$;
 revoke execute on function quantops._require_primary(text) from public;
 
+-- Grants are declared next to each routine (0.2.0): one row of quantops.routine_grants per routine
+-- granted to an API role; grant_roles() grants from it.
+create table quantops.routine_grants (
+  routine text primary key,   -- 'quantops.name(argument types)'; @vector@ is pgvector's type, qualified
+  tier    text not null check (tier in ('anon', 'authenticated', 'service_role', 'postgres'))
+);
+alter table quantops.routine_grants enable row level security;
+create policy readable on quantops.routine_grants for select using (true);
+insert into quantops.routine_grants (routine, tier) values
+  ('quantops.uid()', 'anon'),
+  ('quantops._caller_role()', 'service_role'),
+  ('quantops._require_primary(text)', 'service_role'),
+  ('quantops._finite_array(double precision[])', 'authenticated'),
+  ('quantops._finite(double precision)', 'authenticated'),
+  ('quantops._audit_payload(quantops.audit_log)', 'service_role'),
+  ('quantops.embedding_asof(bigint, timestamptz)', 'authenticated'),
+  ('quantops.match_signals(@vector@, integer, jsonb, timestamptz)', 'authenticated'),
+  ('quantops._text_list(jsonb, text)', 'authenticated'),
+  ('quantops.set_retention(text, text, text, interval, integer, boolean)', 'service_role'),
+  ('quantops.drop_retention(text)', 'service_role'),
+  ('quantops._prune_start(text)', 'service_role'),
+  ('quantops.prune_batch(text, integer)', 'service_role'),
+  ('quantops.prune_plan(text)', 'service_role'),
+  ('quantops.restore_archived(bigint[], text, integer)', 'service_role'),
+  ('quantops._prune_record(bigint, bigint, jsonb)', 'service_role'),
+  ('quantops._prune_health()', 'service_role'),
+  ('quantops.prune(boolean, integer, bigint, text, jsonb)', 'service_role'),
+  ('quantops.create_model(text, text, text)', 'service_role'),
+  ('quantops.register_model_version(text, text, text, jsonb, text, text)', 'service_role'),
+  ('quantops.promote(text, integer, text, integer, text)', 'service_role'),
+  ('quantops.rollback(text, text)', 'service_role'),
+  ('quantops.alias_asof(text, text, timestamptz)', 'authenticated'),
+  ('quantops.set_promotion_policy(text, text, double precision, double precision, integer, interval, double precision, double precision, boolean)', 'service_role'),
+  ('quantops.set_artifact_check(text)', 'postgres'),
+  ('quantops.artifacts_to_delete(interval)', 'service_role'),
+  ('quantops.consume_events(text, integer, integer)', 'service_role'),
+  ('quantops.ack_event(bigint, text)', 'service_role'),
+  ('quantops.record_backtest(text, text, timestamptz, timestamptz, double precision, double precision, double precision, double precision, double precision, double precision, double precision, integer, jsonb, text, integer, text)', 'service_role'),
+  ('quantops.discover(text, text)', 'authenticated'),
+  ('quantops.set_flag(text, jsonb)', 'service_role'),
+  ('quantops.kill_flag(text, boolean)', 'service_role'),
+  ('quantops.drop_flag(text)', 'service_role'),
+  ('quantops.flag_enabled(text, jsonb)', 'anon'),
+  ('quantops.redact_secrets(jsonb)', 'authenticated'),
+  ('quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text)', 'authenticated'),
+  ('quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb)', 'service_role'),
+  ('quantops.verify_audit(text)', 'service_role'),
+  ('quantops.backtest_metrics(double precision[], integer, double precision)', 'authenticated'),
+  ('quantops.register_embedder(text, text, integer, jsonb, boolean)', 'service_role'),
+  ('quantops.set_embedder(text, integer)', 'service_role'),
+  ('quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[])', 'service_role'),
+  ('quantops.refresh_embeddings(bigint, bigint, bigint)', 'service_role'),
+  ('quantops.sweep_embeddings()', 'service_role'),
+  ('quantops.retry_failed(text, text)', 'service_role'),
+  ('quantops.evaluate_flag(text, jsonb)', 'anon'),
+  ('quantops.require_flag(text, jsonb)', 'anon'),
+  ('quantops.configure(integer, integer, text)', 'postgres'),
+  ('quantops._index_health(oid, boolean, integer, integer, double precision, integer)', 'service_role'),
+  ('quantops._maintain_index(oid, boolean, boolean)', 'service_role'),
+  ('quantops.index_health(regclass, boolean, integer, integer, double precision, integer)', 'service_role'),
+  ('quantops.maintain_index(regclass, boolean, boolean)', 'service_role'),
+  ('quantops.run_job(text)', 'service_role'),
+  ('quantops.status()', 'service_role'),
+  ('quantops.version()', 'anon');
+
+-- The flag benchmark left the SQL surface (examples/flag_bench.rs).
+drop function quantops._flag_bench_rust(bigint);
+
+-- quantops.version(): the library's version.
+create function quantops.version() returns text
+strict stable parallel safe
+set search_path to pg_catalog, pg_temp
+language c
+as 'MODULE_PATHNAME', 'version_wrapper';
+revoke execute on function quantops.version() from public;
+
 create or replace function quantops.grant_roles() returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -30,71 +106,7 @@ declare
                       join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector');
 begin
   execute 'grant usage on schema quantops to public';
-  for g in
-    select v.fn, v.tier from (values
-      -- anon and up: reads that write nothing
-      ('quantops.uid()', 'anon'),
-      ('quantops.flag_enabled(text, jsonb)', 'anon'),
-      ('quantops.evaluate_flag(text, jsonb)', 'anon'),
-      ('quantops.require_flag(text, jsonb)', 'anon'),
-      -- authenticated and up: agents
-      ('quantops._finite(double precision)', 'authenticated'),
-      ('quantops._finite_array(double precision[])', 'authenticated'),
-      ('quantops._text_list(jsonb, text)', 'authenticated'),
-      ('quantops.redact_secrets(jsonb)', 'authenticated'),
-      ('quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text)', 'authenticated'),
-      ('quantops.embedding_asof(bigint, timestamptz)', 'authenticated'),
-      ('quantops.match_signals(@vector@, integer, jsonb, timestamptz)', 'authenticated'),
-      ('quantops.alias_asof(text, text, timestamptz)', 'authenticated'),
-      ('quantops.discover(text, text)', 'authenticated'),
-      ('quantops.backtest_metrics(double precision[], integer, double precision)', 'authenticated'),
-      -- service_role and postgres: flows and maintenance
-      ('quantops._caller_role()', 'service_role'),
-      -- the prune procedure runs with its caller's rights; it first asks whether this is a primary
-      ('quantops._require_primary(text)', 'service_role'),
-      ('quantops._audit_payload(quantops.audit_log)', 'service_role'),
-      ('quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb)', 'service_role'),
-      ('quantops.verify_audit(text)', 'service_role'),
-      ('quantops.status()', 'service_role'),
-      ('quantops.run_job(text)', 'service_role'),
-      ('quantops.register_embedder(text, text, integer, jsonb, boolean)', 'service_role'),
-      ('quantops.set_embedder(text, integer)', 'service_role'),
-      ('quantops.refresh_embeddings(bigint, bigint, bigint)', 'service_role'),
-      ('quantops.sweep_embeddings()', 'service_role'),
-      ('quantops.retry_failed(text, text)', 'service_role'),
-      ('quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[])', 'service_role'),
-      ('quantops.set_retention(text, text, text, interval, integer, boolean)', 'service_role'),
-      ('quantops.drop_retention(text)', 'service_role'),
-      ('quantops.prune_plan(text)', 'service_role'),
-      ('quantops.prune_batch(text, integer)', 'service_role'),
-      ('quantops.restore_archived(bigint[], text, integer)', 'service_role'),
-      ('quantops.prune(boolean, integer, bigint, text, jsonb)', 'service_role'),
-      -- the prune procedure runs with its caller's rights (it commits); these are its steps
-      ('quantops._prune_start(text)', 'service_role'),
-      ('quantops._prune_record(bigint, bigint, jsonb)', 'service_role'),
-      ('quantops._prune_health()', 'service_role'),
-      ('quantops.index_health(regclass, boolean, integer, integer, double precision, integer)', 'service_role'),
-      ('quantops.maintain_index(regclass, boolean, boolean)', 'service_role'),
-      -- the regclass faces above are SQL functions with their caller's rights; these check the
-      -- caller themselves (SELECT on the table to measure it, ownership to rebuild it)
-      ('quantops._index_health(oid, boolean, integer, integer, double precision, integer)', 'service_role'),
-      ('quantops._maintain_index(oid, boolean, boolean)', 'service_role'),
-      ('quantops.create_model(text, text, text)', 'service_role'),
-      ('quantops.register_model_version(text, text, text, jsonb, text, text)', 'service_role'),
-      ('quantops.promote(text, integer, text, integer, text)', 'service_role'),
-      ('quantops.rollback(text, text)', 'service_role'),
-      ('quantops.set_promotion_policy(text, text, double precision, double precision, integer, interval, double precision, double precision, boolean)', 'service_role'),
-      ('quantops.artifacts_to_delete(interval)', 'service_role'),
-      ('quantops.consume_events(text, integer, integer)', 'service_role'),
-      ('quantops.ack_event(bigint, text)', 'service_role'),
-      ('quantops.record_backtest(text, text, timestamptz, timestamptz, double precision, double precision, double precision, double precision, double precision, double precision, double precision, integer, jsonb, text, integer, text)', 'service_role'),
-      ('quantops.set_flag(text, jsonb)', 'service_role'),
-      ('quantops.kill_flag(text, boolean)', 'service_role'),
-      ('quantops.drop_flag(text)', 'service_role'),
-      -- postgres only: settings of the whole installation
-      ('quantops.configure(integer, integer, text)', 'postgres'),
-      ('quantops.set_artifact_check(text)', 'postgres')
-    ) as v(fn, tier)
+  for g in select x.routine as fn, x.tier from quantops.routine_grants x order by x.routine
   loop
     foreach r in array case g.tier
         when 'anon' then array['anon', 'authenticated', 'service_role', 'postgres']
@@ -103,9 +115,7 @@ begin
         else array['postgres'] end
     loop
       continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
-      execute pg_catalog.format('grant execute on %s %s to %I',
-        case when g.fn like 'quantops.prune(%' then 'procedure' else 'function' end,
-        pg_catalog.replace(g.fn, '@vector@', v_vector), r);
+      execute pg_catalog.format('grant execute on routine %s to %I', pg_catalog.replace(g.fn, '@vector@', v_vector), r);
     end loop;
   end loop;
   -- tables: privileges decide which roles reach a table, RLS policies which rows.
@@ -136,7 +146,8 @@ begin
       'quantops.embedding_failures, quantops.signal_embedding_history, quantops.embedding_status, '
       'quantops.retention_policies, quantops.prune_state, quantops.index_builds, quantops.index_health_log, '
       'quantops.models, quantops.model_versions, quantops.alias_history, quantops.promotion_policies, '
-      'quantops.outbox, quantops.backtest_leaderboard, quantops.flags, quantops.flag_exposures to %I', r);
+      'quantops.outbox, quantops.backtest_leaderboard, quantops.flags, quantops.flag_exposures, '
+      'quantops.routine_grants to %I', r);
   end loop;
 end
 $$;

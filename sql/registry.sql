@@ -6,11 +6,6 @@
 create index backtest_results_model_idx on quantops.backtest_results (model_name, model_version, created_at desc)
   where model_name is not null;
 
-alter table quantops.settings add column artifact_check text not null default 'storage'
-  check (artifact_check in ('storage', 'off'));
-comment on column quantops.settings.artifact_check is
-  'storage: promotion requires an object under the version''s prefix in storage.objects; off: no artifact check (set explicitly where there is no storage schema)';
-
 create table quantops.models (
   id           bigint generated always as identity primary key,
   name         text not null unique check (name ~ '^[a-z][a-z0-9_.-]{0,127}$'),
@@ -377,6 +372,7 @@ begin
   return v_id;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.create_model(text, text, text)', 'service_role');
 
 -- Registers the next version of a model. Concurrent registrations of one model serialise on
 -- the model's row, so versions are 1, 2, 3, ... without gaps or duplicates.
@@ -426,6 +422,7 @@ begin
   return v;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.register_model_version(text, text, text, jsonb, text, text)', 'service_role');
 
 -- Moves an alias to a version if it still points at expected_current (null: the alias must not
 -- exist yet), and the version passes the gates. One transaction: the alias, its history, the
@@ -484,6 +481,7 @@ begin
                                        'previous', cur.version, 'changed', cur.version is distinct from version);
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.promote(text, integer, text, integer, text)', 'service_role');
 
 -- Re-points an alias at the version it pointed at before the current one, through the same checks.
 create function quantops.rollback(model text, alias text)
@@ -512,6 +510,7 @@ begin
   return quantops.promote(model, prev, alias, cur.version, 'rollback');
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.rollback(text, text)', 'service_role');
 
 -- The version an alias pointed at, at a time (null: none then).
 create function quantops.alias_asof(model text, alias text, at timestamptz default pg_catalog.now())
@@ -523,6 +522,7 @@ as $$
   select h.version from quantops.alias_history h join quantops.models m on m.id = h.model_id
    where m.name = alias_asof.model and h.alias = alias_asof.alias and h.valid @> alias_asof.at
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.alias_asof(text, text, timestamptz)', 'authenticated');
 
 -- Sets the gates of (model, alias); model null = the default for every model.
 create function quantops.set_promotion_policy(model text, alias text, min_sharpe double precision default null,
@@ -573,6 +573,7 @@ begin
   return pg_catalog.to_jsonb(r);
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.set_promotion_policy(text, text, double precision, double precision, integer, interval, double precision, double precision, boolean)', 'service_role');
 
 create function quantops.set_artifact_check(mode text) returns text
 language plpgsql
@@ -589,6 +590,7 @@ begin
   return mode;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.set_artifact_check(text)', 'postgres');
 
 -- Artifact prefixes that no alias points at now and none pointed at within `keep`, of versions
 -- older than `keep`: for the Storage API to delete (quantops never deletes storage objects).
@@ -613,6 +615,7 @@ begin
      order by m.name, v.version;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.artifacts_to_delete(interval)', 'service_role');
 
 -- Leases up to max_events unacknowledged events (lease_s seconds); acknowledge each with ack_event.
 -- An event whose lease runs out unacknowledged is delivered again: handle each event id once.
@@ -639,6 +642,7 @@ begin
     returning o.*;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.consume_events(text, integer, integer)', 'service_role');
 
 create function quantops.ack_event(id bigint, consumer text) returns boolean
 language plpgsql
@@ -658,6 +662,7 @@ begin
   return true;
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.ack_event(bigint, text)', 'service_role');
 
 -- ---------------------------------------------------------------------------------------------
 -- Backtests
@@ -754,6 +759,7 @@ begin
   return pg_catalog.to_jsonb(new_) || pg_catalog.jsonb_build_object('created', true);
 end
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.record_backtest(text, text, timestamptz, timestamptz, double precision, double precision, double precision, double precision, double precision, double precision, double precision, integer, jsonb, text, integer, text)', 'service_role');
 
 -- The best backtests, ranked per strategy by sharpe (ties: lower drawdown, newer). Runs as the
 -- caller: each role sees the rows its policies let it see.
@@ -782,3 +788,4 @@ as $$
    where (discover.kind is null or m.kind = discover.kind) and (discover.alias is null or a.alias = discover.alias)
    order by m.kind, m.name, a.alias
 $$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.discover(text, text)', 'authenticated');

@@ -8,6 +8,7 @@ pgrx::pg_module_magic!(name, version);
 
 pub mod audit;
 pub mod backtest;
+pub mod compat;
 pub mod embedding;
 pub mod error;
 pub mod flags;
@@ -31,7 +32,8 @@ static CAPABILITIES: &[&schedule::Capability] =
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding", requires = ["bootstrap"]);
-pgrx::extension_sql_file!("../sql/prune.sql", name = "prune", requires = ["embedding"]);
+pgrx::extension_sql_file!("../sql/index.sql", name = "index", requires = ["embedding"]);
+pgrx::extension_sql_file!("../sql/prune.sql", name = "prune", requires = ["index"]);
 pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", requires = ["prune"]);
 pgrx::extension_sql_file!("../sql/flags.sql", name = "flags", requires = ["registry"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

@@ -219,91 +219,88 @@ fn role_matrix_writes() {
     }
 }
 
-/// Expected EXECUTE rights on every function: [anon, authenticated, service_role, postgres].
-/// Supabase's postgres (not a superuser) gets the service_role tier plus configure() and
-/// set_artifact_check(), never an internal helper that no caller-rights routine of its tier needs.
-fn function_rules() -> BTreeMap<&'static str, [bool; 4]> {
-    BTreeMap::from([
-        ("uid()", [true, true, true, true]),
-        ("_caller_role()", [false, false, true, true]),
-        ("_finite(double precision)", [false, true, true, true]),
-        ("_finite_array(double precision[])", [false, true, true, true]),
-        ("_touch_updated_at()", [false, false, false, false]),
-        ("_audit_payload(quantops.audit_log)", [false, false, true, true]),
-        ("_audit_chain()", [false, false, false, false]),
-        ("_append_only()", [false, false, false, false]),
-        ("_audit_digest(bytea,text)", [false, false, false, false]),
-        ("grant_roles()", [false, false, false, false]),
-        ("configure(integer,integer,text)", [false, false, false, true]),
-        ("redact_secrets(jsonb)", [false, true, true, true]),
-        ("log_tool_call(text,text,uuid,jsonb,text,jsonb,text)", [false, true, true, true]),
-        ("log_flow_run(text,text,uuid,jsonb,text,jsonb)", [false, false, true, true]),
-        ("verify_audit(text)", [false, false, true, true]),
-        ("status()", [false, false, true, true]),
-        ("run_job(text)", [false, false, true, true]),
-        ("_embedders_immutable()", [false, false, false, false]),
-        ("_embedding_enqueue()", [false, false, false, false]),
-        ("_wake_worker()", [false, false, false, false]),
-        ("embedding_asof(bigint,timestamp with time zone)", [false, true, true, true]),
-        ("register_embedder(text,text,integer,jsonb,boolean)", [false, false, true, true]),
-        ("set_embedder(text,integer)", [false, false, true, true]),
-        ("refresh_embeddings(bigint,bigint,bigint)", [false, false, true, true]),
-        ("sweep_embeddings()", [false, false, true, true]),
-        ("retry_failed(text,text)", [false, false, true, true]),
-        ("embedding_input_hash(text,integer,text,text,jsonb,double precision[],text,text[])", [false, false, true, true]),
-        ("set_retention(text,text,text,interval,integer,boolean)", [false, false, true, true]),
-        ("drop_retention(text)", [false, false, true, true]),
-        ("_prune_pick(quantops.retention_policies,quantops.prune_state,integer)", [false, false, false, false]),
-        ("_prune_start(text)", [false, false, true, true]),
-        ("prune_batch(text,integer)", [false, false, true, true]),
-        ("prune_plan(text)", [false, false, true, true]),
-        ("restore_archived(bigint[],text,integer)", [false, false, true, true]),
-        ("_prune_record(bigint,bigint,jsonb)", [false, false, true, true]),
-        ("_require_primary(text)", [false, false, true, true]),
-        ("_prune_health()", [false, false, true, true]),
-        ("_index_state()", [false, false, false, false]),
-        ("prune(boolean,integer,bigint,text,jsonb)", [false, false, true, true]),
-        ("match_signals(vector,integer,jsonb,timestamp with time zone)", [false, true, true, true]),
-        ("_text_list(jsonb,text)", [false, true, true, true]),
-        ("_index_health(oid,boolean,integer,integer,double precision,integer)", [false, false, true, true]),
-        ("index_health(regclass,boolean,integer,integer,double precision,integer)", [false, false, true, true]),
-        ("_maintain_index(oid,boolean,boolean)", [false, false, true, true]),
-        ("maintain_index(regclass,boolean,boolean)", [false, false, true, true]),
-        ("_model(text)", [false, false, false, false]),
-        ("_gate_violations(bigint,integer,text)", [false, false, false, false]),
-        ("_artifact_exists(text,text)", [false, false, false, false]),
-        ("_alias_gates()", [false, false, false, false]),
-        ("_alias_touch()", [false, false, false, false]),
-        ("_alias_moved()", [false, false, false, false]),
-        ("_alias_history_guard()", [false, false, false, false]),
-        ("create_model(text,text,text)", [false, false, true, true]),
-        ("register_model_version(text,text,text,jsonb,text,text)", [false, false, true, true]),
-        ("promote(text,integer,text,integer,text)", [false, false, true, true]),
-        ("rollback(text,text)", [false, false, true, true]),
-        ("alias_asof(text,text,timestamp with time zone)", [false, true, true, true]),
-        ("set_promotion_policy(text,text,double precision,double precision,integer,interval,double precision,double precision,boolean)", [false, false, true, true]),
-        ("set_artifact_check(text)", [false, false, false, true]),
-        ("artifacts_to_delete(interval)", [false, false, true, true]),
-        ("consume_events(text,integer,integer)", [false, false, true, true]),
-        ("ack_event(bigint,text)", [false, false, true, true]),
-        ("record_backtest(text,text,timestamp with time zone,timestamp with time zone,double precision,double precision,double precision,double precision,double precision,double precision,double precision,integer,jsonb,text,integer,text)", [false, false, true, true]),
-        ("discover(text,text)", [false, true, true, true]),
-        ("backtest_metrics(double precision[],integer,double precision)", [false, true, true, true]),
-        ("flag_enabled(text,jsonb)", [true, true, true, true]),
-        ("evaluate_flag(text,jsonb)", [true, true, true, true]),
-        ("require_flag(text,jsonb)", [true, true, true, true]),
-        ("set_flag(text,jsonb)", [false, false, true, true]),
-        ("kill_flag(text,boolean)", [false, false, true, true]),
-        ("drop_flag(text)", [false, false, true, true]),
-        ("_flag_check(text,jsonb)", [false, false, false, false]),
-        ("_flags_invalidate()", [false, false, false, false]),
-        ("_flags_validate()", [false, false, false, false]),
-        ("_flags_changed()", [false, false, false, false]),
-        ("_flags_truncated()", [false, false, false, false]),
-        ("_flag_bench_rust(bigint)", [false, false, false, false]),
-        ("_gates_passed(text)", [false, false, false, false]),
-        ("_gates_consume(text)", [false, false, false, false]),
-    ])
+/// EXECUTE rights on every routine, [anon, authenticated, service_role, postgres], as declared
+/// in quantops.routine_grants (the table grant_roles() grants from; a routine's row sits next to
+/// its definition). A routine with no row is the owner's only. The tests below check that the
+/// grants are exactly these, and pin the security boundaries independently of the table.
+fn function_rules() -> BTreeMap<String, [bool; 4]> {
+    let mut c = admin();
+    // a declared routine that does not exist is a mistake in the declaration
+    let dangling: Vec<String> = c
+        .query(
+            "select g.routine from quantops.routine_grants g \
+             where pg_catalog.to_regprocedure(pg_catalog.replace(g.routine, '@vector@', \
+                     (select pg_catalog.format('%I.vector', n.nspname) from pg_catalog.pg_extension e \
+                        join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'))) is null",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(dangling.is_empty(), "quantops.routine_grants names routines that do not exist: {dangling:?}");
+    c.query(
+        "select p.oid::regprocedure::text, coalesce(g.tier, 'owner') from pg_catalog.pg_proc p \
+         left join quantops.routine_grants g on pg_catalog.to_regprocedure(pg_catalog.replace(g.routine, '@vector@', \
+             (select pg_catalog.format('%I.vector', n.nspname) from pg_catalog.pg_extension e \
+                join pg_catalog.pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'))) = p.oid \
+         where p.pronamespace = 'quantops'::regnamespace",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| {
+        let sig: String = r.get(0);
+        let tier: String = r.get(1);
+        let rights = match tier.as_str() {
+            "anon" => [true, true, true, true],
+            "authenticated" => [false, true, true, true],
+            "service_role" => [false, false, true, true],
+            "postgres" => [false, false, false, true],
+            _ => [false, false, false, false],
+        };
+        (sig.trim_start_matches("quantops.").replace(", ", ","), rights)
+    })
+    .collect()
+}
+
+/// The boundaries that matter most, pinned here and not read from the declaration: what anon may
+/// run (it must write nothing: tests/hostile.rs), what only postgres gets beyond service_role, and
+/// which internal helpers any API role may run (each needed by a caller-rights routine).
+#[test]
+fn role_matrix_boundaries_are_pinned() {
+    let rules = function_rules();
+    let with = |i: usize| -> BTreeSet<String> { rules.iter().filter(|(_, r)| r[i]).map(|(k, _)| k.clone()).collect() };
+    let set = |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
+    assert_eq!(
+        with(0),
+        set(&["evaluate_flag(text,jsonb)", "flag_enabled(text,jsonb)", "require_flag(text,jsonb)", "uid()", "version()"]),
+        "what anon may execute"
+    );
+    let postgres_only: BTreeSet<String> = with(3).difference(&with(2)).cloned().collect();
+    assert_eq!(postgres_only, set(&["configure(integer,integer,text)", "set_artifact_check(text)"]), "postgres beyond service_role");
+    let helpers: BTreeSet<String> = with(3).into_iter().filter(|k| k.starts_with('_')).collect();
+    assert_eq!(
+        helpers,
+        set(&[
+            "_audit_payload(quantops.audit_log)",
+            "_caller_role()",
+            "_finite(double precision)",
+            "_finite_array(double precision[])",
+            "_index_health(oid,boolean,integer,integer,double precision,integer)",
+            "_maintain_index(oid,boolean,boolean)",
+            "_prune_health()",
+            "_prune_record(bigint,bigint,jsonb)",
+            "_prune_start(text)",
+            "_require_primary(text)",
+            "_text_list(jsonb,text)",
+        ]),
+        "internal helpers that an API role may execute"
+    );
+    // the helpers that guard a gate, a chain or the worker stay the owner's
+    for k in ["_gates_passed(text)", "_gates_consume(text)", "_audit_chain()", "_audit_digest(bytea,text)", "_index_state()", "grant_roles()"] {
+        assert_eq!(rules.get(k), Some(&[false, false, false, false]), "{k}");
+    }
 }
 
 #[test]
@@ -358,6 +355,7 @@ fn role_matrix_calls_through_postgrest() {
     // each callable function, called as each role: allowed ones succeed, the others get 42501
     let calls: Vec<(&str, &str)> = vec![
         ("uid()", "select quantops.uid()"),
+        ("version()", "select quantops.version()"),
         ("redact_secrets(jsonb)", "select quantops.redact_secrets('{\"token\": \"t\"}')"),
         ("log_tool_call(text,text,uuid,jsonb,text,jsonb,text)", "select quantops.log_tool_call(tool => 'matrix', arguments => '{}')"),
         ("log_flow_run(text,text,uuid,jsonb,text,jsonb)", "select quantops.log_flow_run(flow => 'matrix')"),
@@ -392,11 +390,12 @@ fn role_matrix_calls_through_postgrest() {
     let rules = function_rules();
     for who in who_all() {
         for (key, sql) in &calls {
+            let r = rules.get(*key).unwrap_or_else(|| panic!("{key} is not a routine of quantops"));
             let allowed = match &who {
-                Who::Anon => rules[key][0],
-                Who::User(_) => rules[key][1],
-                Who::ServiceRole => rules[key][2],
-                Who::Postgres => rules[key][3],
+                Who::Anon => r[0],
+                Who::User(_) => r[1],
+                Who::ServiceRole => r[2],
+                Who::Postgres => r[3],
             };
             let r = request(&who, sql, &[]);
             if !allowed {

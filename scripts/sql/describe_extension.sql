@@ -54,5 +54,8 @@ lines as (
   select 'schema quantops acl=' || coalesce(n.nspacl::text, 'default') from pg_namespace n where n.nspname = 'quantops'
   union all
   select format('job %s every=%s enabled=%s', j.name, j.run_every, j.enabled) from quantops.jobs j
+  union all
+  -- who may execute what, as declared (the acl of each routine above is what was granted)
+  select format('grant %s tier=%s', g.routine, g.tier) from quantops.routine_grants g
 )
 select line from lines order by line;

@@ -53,15 +53,22 @@ impl SqlError for AuditError {
 sql_error!(AuditError);
 
 #[pg_extern(immutable, strict, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn _audit_digest(prev: &[u8], payload: &str) -> Vec<u8> {
     chain::chain_hash(prev, payload).to_vec()
 }
 
 /// Redacts secret-looking keys and credential-shaped strings from a jsonb value.
 #[pg_extern(immutable, strict, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn redact_secrets(args: JsonB) -> JsonB {
     JsonB(chain::redact(&args.0))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.redact_secrets(jsonb)', 'authenticated');",
+    name = "grant_redact_secrets",
+    requires = [redact_secrets]
+);
 
 fn check_name(what: &'static str, v: Option<&str>) -> Result<String, AuditError> {
     let v = v.ok_or(AuditError::Null { what })?;
@@ -172,7 +179,8 @@ fn new_uuid() -> Uuid {
 /// Logs an agent's tool call as a start/finish pair: the start returns the call id, the finish
 /// names it with an outcome. A call that fails is still on record, as a start without a finish
 /// or a finish with outcome 'error'.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn log_tool_call(
     tool: Option<&str>,
     phase: default!(Option<&str>, "'start'"),
@@ -189,9 +197,15 @@ fn log_tool_call(
     };
     Ok(pair("tool call", "tool_calls", tool, phase, call_id, arguments, outcome, result, extra)?)
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.log_tool_call(text, text, uuid, jsonb, text, jsonb, text)', 'authenticated');",
+    name = "grant_log_tool_call",
+    requires = [log_tool_call]
+);
 
 /// Logs a flow run (Prefect, cron, a script) as a start/finish pair, like log_tool_call.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn log_flow_run(
     flow: Option<&str>,
     phase: default!(Option<&str>, "'start'"),
@@ -203,9 +217,15 @@ fn log_flow_run(
     crate::spi::require_primary("log_flow_run")?;
     Ok(pair("flow run", "flow_runs", flow, phase, run_id, parameters, outcome, result, json!({}))?)
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.log_flow_run(text, text, uuid, jsonb, text, jsonb)', 'service_role');",
+    name = "grant_log_flow_run",
+    requires = [log_flow_run]
+);
 
 /// Checks the hash chain of one stream, or of all: one row per stream, with the first problem.
 #[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
 fn verify_audit(
     stream: default!(Option<&str>, "NULL"),
 ) -> Result<
@@ -243,6 +263,11 @@ fn verify_audit(
     }
     Ok(TableIterator::new(out))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.verify_audit(text)', 'service_role');",
+    name = "grant_verify_audit",
+    requires = [verify_audit]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

@@ -21,6 +21,7 @@ sql_error!(MetricsError);
 /// Sharpe, sortino, max drawdown, CAGR, volatility, hit rate and total return of periodic simple
 /// returns (see src/backtest/core.rs for the exact definitions).
 #[pg_extern(immutable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn backtest_metrics(
     returns: Option<Vec<Option<f64>>>,
     periods_per_year: default!(Option<i32>, "252"),
@@ -56,6 +57,11 @@ fn backtest_metrics(
         m.total_return,
     )))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.backtest_metrics(double precision[], integer, double precision)', 'authenticated');",
+    name = "grant_backtest_metrics",
+    requires = [backtest_metrics]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

@@ -14,7 +14,8 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Registers the next version of an embedder (version 1 for a new name). Returns the version.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn register_embedder(
     name: Option<&str>,
     kind: Option<&str>,
@@ -79,10 +80,16 @@ fn register_embedder(
     }
     Ok(version)
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.register_embedder(text, text, integer, jsonb, boolean)', 'service_role');",
+    name = "grant_register_embedder",
+    requires = [register_embedder]
+);
 
 /// Makes an embedder version the configured one (the newest when version is null) and enqueues
 /// every row that another embedder made.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn set_embedder(name: Option<&str>, version: default!(Option<i32>, "NULL")) -> Result<JsonB, ErrorReport> {
     crate::spi::require_primary("set_embedder")?;
     let name = name.ok_or(EmbeddingError::Null("name"))?;
@@ -100,9 +107,15 @@ fn set_embedder(name: Option<&str>, version: default!(Option<i32>, "NULL")) -> R
     let n = activate_embedder(name, version)?;
     Ok(JsonB(json!({ "name": name, "version": version, "kind": e.kind_name(), "enqueued": n })))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.set_embedder(text, integer)', 'service_role');",
+    name = "grant_set_embedder",
+    requires = [set_embedder]
+);
 
 /// The input hash of a row under an embedder: what `input_hash` holds once the row is embedded.
 #[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn embedding_input_hash(
     name: Option<&str>,
     version: Option<i32>,
@@ -130,11 +143,17 @@ fn embedding_input_hash(
     // the refresh dead-letters such a row with the reason
     Ok(emb::input_hash(&e, &row).ok().map(|h| h.to_vec()))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.embedding_input_hash(text, integer, text, text, jsonb, double precision[], text, text[])', 'service_role');",
+    name = "grant_embedding_input_hash",
+    requires = [embedding_input_hash]
+);
 
 /// Recomputes stale embeddings with the active built-in embedder, within a row limit and a
 /// time budget. Returns rows embedded, rows whose inputs had not changed (dequeued, no work),
 /// rows dead-lettered, and the exact backlog left.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn refresh_embeddings(
     max_rows: default!(Option<i64>, "100000"),
     time_budget_ms: default!(Option<i64>, "10000"),
@@ -165,11 +184,17 @@ fn refresh_embeddings(
     );
     Ok(TableIterator::once((total.done, total.unchanged, total.failed, remaining)))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.refresh_embeddings(bigint, bigint, bigint)', 'service_role');",
+    name = "grant_refresh_embeddings",
+    requires = [refresh_embeddings]
+);
 
 /// Enqueues every stale row that is not queued: no embedding, another embedder, or an input hash
 /// that no longer matches its inputs (a write with triggers off, logical replication). Rows
 /// dead-lettered for the same input stay dead-lettered. Returns the rows enqueued.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn sweep_embeddings() -> Result<i64, ErrorReport> {
     crate::spi::require_primary("sweep_embeddings")?;
     let started = Instant::now();
@@ -178,9 +203,15 @@ fn sweep_embeddings() -> Result<i64, ErrorReport> {
     audit::store::record_call("sweep_embeddings", json!({}), Some(json!({ "enqueued": n })), started);
     Ok(n)
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.sweep_embeddings()', 'service_role');",
+    name = "grant_sweep_embeddings",
+    requires = [sweep_embeddings]
+);
 
 /// Puts dead-lettered rows back in the queue (all, or those of one embedder or error class).
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn retry_failed(embedder: default!(Option<&str>, "NULL"), error_class: default!(Option<&str>, "NULL")) -> Result<i64, ErrorReport> {
     crate::spi::require_primary("retry_failed")?;
     let started = Instant::now();
@@ -193,9 +224,15 @@ fn retry_failed(embedder: default!(Option<&str>, "NULL"), error_class: default!(
     audit::store::record_call("retry_failed", json!({ "embedder": embedder, "error_class": error_class }), Some(json!({ "requeued": n })), started);
     Ok(n)
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.retry_failed(text, text)', 'service_role');",
+    name = "grant_retry_failed",
+    requires = [retry_failed]
+);
 
 /// Registers a commit-time wake-up of the scheduler worker (called by the enqueue trigger).
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn _wake_worker() {
     crate::runtime::wake_at_commit();
 }

@@ -327,6 +327,7 @@ unsafe fn resolve_arg(key: &str, fcinfo: pg_sys::FunctionCallInfo, arg: usize) -
 /// the deciding rule (from 1). Never raises for an unknown flag. With quantops.flag_exposure_sample
 /// above 0, a sample of evaluations is logged in quantops.flag_exposures.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn evaluate_flag(
     fcinfo: pg_sys::FunctionCallInfo,
     key: Option<&str>,
@@ -354,6 +355,11 @@ fn evaluate_flag(
     }
     Ok(TableIterator::once((r.value, r.variant, r.payload.map(JsonB), r.reason.to_string(), r.code.map(str::to_string), r.message, r.rule)))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.evaluate_flag(text, jsonb)', 'anon');",
+    name = "grant_evaluate_flag",
+    requires = [evaluate_flag]
+);
 
 /// Writes one exposure row as the extension's owner (no caller may write the table, nor call
 /// anything that does).
@@ -394,6 +400,7 @@ fn sampled(rate: f64) -> bool {
 /// Raises 55000 when the flag is off for the context (for functions and flows that must not run
 /// a gated strategy); returns true otherwise.
 #[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
 fn require_flag(
     fcinfo: pg_sys::FunctionCallInfo,
     key: Option<&str>,
@@ -416,9 +423,15 @@ fn require_flag(
     };
     Err(GateError::Off { key: key.to_string(), for_: if who.is_empty() { String::new() } else { format!(" for {who}") }, reason: why }.into())
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.require_flag(text, jsonb)', 'anon');",
+    name = "grant_require_flag",
+    requires = [require_flag]
+);
 
 /// Validates a definition (22023 says what is wrong); the trigger on quantops.flags calls it.
 #[pg_extern(immutable, parallel_safe, name = "_flag_check")]
+#[search_path(pg_catalog, pg_temp)]
 fn flag_check(key: &str, definition: JsonB) -> Result<bool, ErrorReport> {
     flags::validate(key, &definition.0)?;
     Ok(true)
@@ -426,6 +439,7 @@ fn flag_check(key: &str, definition: JsonB) -> Result<bool, ErrorReport> {
 
 /// Queues the relcache invalidation of quantops.flags (the write trigger calls it).
 #[pg_extern(volatile, name = "_flags_invalidate")]
+#[search_path(pg_catalog, pg_temp)]
 fn flags_invalidate() {
     let oid = flags_oid();
     if oid != 0 {

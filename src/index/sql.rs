@@ -3,7 +3,7 @@
 //! migration), and again to change the index's lists or metric; it takes an ACCESS EXCLUSIVE lock
 //! while it works, so on a populated table prefer `maintain_index()`, which rebuilds without
 //! blocking writes. `index_health(...)` and `maintain_index(...)` (SQL faces taking a regclass,
-//! in sql/finalize.sql, over `_index_health` and `_maintain_index`) measure an index and queue
+//! below, over `_index_health` and `_maintain_index`) measure an index and queue
 //! its rebuild; `_index_state()` is what every prune run records.
 
 use super::config as rules;
@@ -19,7 +19,8 @@ use serde_json::json;
 pub const INDEX_NAME: &str = "signal_embeddings_embedding_ivfflat_idx";
 
 /// Sets the embedding dimension and (re)builds the IVFFlat index. Returns the settings.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn configure(
     dims: Option<i32>,
     lists: default!(Option<i32>, "NULL"),
@@ -92,11 +93,17 @@ fn configure(
     );
     Ok(JsonB(settings))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.configure(integer, integer, text)', 'postgres');",
+    name = "grant_configure",
+    requires = [configure]
+);
 
 
 /// The index's state without sampling (quantops' own index): what every prune run records before
 /// and after. Null when there is no index yet.
-#[pg_extern(name = "_index_state")]
+#[pg_extern(security_definer, name = "_index_state")]
+#[search_path(pg_catalog, pg_temp)]
 fn index_state() -> Result<Option<JsonB>, ErrorReport> {
     match resolve(None) {
         Ok(t) => Ok(Some(JsonB(state(&t)?))),
@@ -108,8 +115,9 @@ fn index_state() -> Result<Option<JsonB>, ErrorReport> {
 /// The health of an IVFFlat index (quantops' own by default): rows and churn since the build,
 /// lists against pgvector's guidance, balance and drift from the index's own centers, and on
 /// demand recall@k against exact search with the smallest probes that reach the target. Recorded
-/// in quantops.index_health_log. SQL: quantops.index_health(target regclass, ...) in finalize.sql.
-#[pg_extern(name = "_index_health")]
+/// in quantops.index_health_log. SQL: quantops.index_health(target regclass, ...), below.
+#[pg_extern(security_definer, name = "_index_health")]
+#[search_path(pg_catalog, pg_temp)]
 fn index_health(
     target: default!(Option<pg_sys::Oid>, "NULL"),
     recall: default!(Option<bool>, "false"),
@@ -135,11 +143,17 @@ fn index_health(
     };
     Ok(JsonB(measure(&t, &o)?))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops._index_health(oid, boolean, integer, integer, double precision, integer)', 'service_role');",
+    name = "grant_index_health",
+    requires = [index_health]
+);
 
 /// Measures the index and, when it needs it (or `force`), queues a rebuild that the worker runs
 /// without blocking writes. `dry_run` says what would happen. SQL: quantops.maintain_index(target
-/// regclass, ...) in finalize.sql.
-#[pg_extern(name = "_maintain_index")]
+/// regclass, ...), below.
+#[pg_extern(security_definer, name = "_maintain_index")]
+#[search_path(pg_catalog, pg_temp)]
 fn maintain_index(
     target: default!(Option<pg_sys::Oid>, "NULL"),
     force: default!(Option<bool>, "false"),
@@ -164,6 +178,42 @@ fn maintain_index(
     let by: String = crate::spi::read_one("select 'sql:' || quantops._caller_role()", &[]).map_err(IvfError::from)?.unwrap_or_default();
     Ok(JsonB(plan(&t, force.unwrap_or(false), dry_run.unwrap_or(false), &by)?))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops._maintain_index(oid, boolean, boolean)', 'service_role');",
+    name = "grant_maintain_index",
+    requires = [maintain_index]
+);
+
+pgrx::extension_sql!(
+    r#"
+-- The SQL faces of the index functions take a regclass: an index, or a table with one.
+create function quantops.index_health(target regclass default null, recall boolean default false,
+                                      k integer default 10, queries integer default 50,
+                                      target_recall double precision default null,
+                                      sample_rows integer default null)
+returns jsonb
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$ select quantops._index_health(target::oid, recall, k, queries, target_recall, sample_rows) $$;
+comment on function quantops.index_health(regclass, boolean, integer, integer, double precision, integer) is
+  'health of an IVFFlat index (quantops'' own by default): churn, lists, balance and drift from its own centers, recall@k on demand; recorded in quantops.index_health_log';
+insert into quantops.routine_grants (routine, tier) values ('quantops.index_health(regclass, boolean, integer, integer, double precision, integer)', 'service_role');
+
+create function quantops.maintain_index(target regclass default null, force boolean default false,
+                                        dry_run boolean default false)
+returns jsonb
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$ select quantops._maintain_index(target::oid, force, dry_run) $$;
+comment on function quantops.maintain_index(regclass, boolean, boolean) is
+  'measure the IVFFlat index and queue a rebuild when it needs one; the worker runs it with REINDEX/CREATE INDEX CONCURRENTLY, never blocking writes';
+insert into quantops.routine_grants (routine, tier) values ('quantops.maintain_index(regclass, boolean, boolean)', 'service_role');
+"#,
+    name = "index_regclass_faces",
+    requires = [index_health, maintain_index]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

@@ -38,7 +38,8 @@ sql_error!(JobError);
 /// Runs a job now, in this transaction, and records it in quantops.job_runs. For pg_cron:
 /// `select cron.schedule('quantops-verify-audit', '0 * * * *', $$select quantops.run_job('verify-audit')$$)`.
 /// A job that fails is recorded as failed and returned, not raised, so the record survives.
-#[pg_extern]
+#[pg_extern(security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn run_job(job: Option<&str>) -> Result<JsonB, ErrorReport> {
     crate::spi::require_primary("run_job")?;
     let job = job.ok_or(JobError::Null)?;
@@ -67,10 +68,16 @@ fn run_job(job: Option<&str>) -> Result<JsonB, ErrorReport> {
     );
     Ok(JsonB(out))
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.run_job(text)', 'service_role');",
+    name = "grant_run_job",
+    requires = [run_job]
+);
 
 /// quantops at a glance: version, settings, workers alive, last run of each job, counts.
 /// STABLE: it only reads, so PostgREST sends it as a read-only GET and it runs on a hot standby.
 #[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
 fn status() -> JsonB {
     // a read (never assigns a transaction id): status() works on a hot standby too
     let extra: Option<JsonB> = crate::spi::read_one(
@@ -124,3 +131,58 @@ fn status() -> JsonB {
     }
     JsonB(v)
 }
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.status()', 'service_role');",
+    name = "grant_status",
+    requires = [status]
+);
+
+/// The version of the quantops library this server has loaded. After a new build is installed,
+/// `ALTER EXTENSION quantops UPDATE` brings the SQL objects to it; `status()` shows the version of
+/// the SQL objects. Writes nothing; anyone may call it.
+#[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+pgrx::extension_sql!(
+    "insert into quantops.routine_grants (routine, tier) values ('quantops.version()', 'anon');",
+    name = "grant_version",
+    requires = [version]
+);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn version_is_the_library_version() {
+        assert_eq!(Spi::get_one::<String>("select quantops.version()").unwrap().as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    }
+
+    /// Every job of the registry with a period has its row in quantops.jobs with that period, and
+    /// every row there is a job of the registry.
+    #[pg_test]
+    fn the_registry_and_the_jobs_table_agree() {
+        let rows: Vec<(String, String)> = Spi::connect(|c| {
+            c.select("select name, run_every::text from quantops.jobs order by name", None, &[])
+                .unwrap()
+                .map(|r| (r.get::<String>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap()))
+                .collect()
+        });
+        let mut want: Vec<(String, String)> = crate::schedule::jobs()
+            .filter_map(|j| j.every.map(|e| (j.name, e)))
+            .map(|(n, e)| {
+                let e = Spi::get_one_with_args::<String>("select $1::interval::text", &[e.into()]).unwrap().unwrap();
+                (n.to_string(), e)
+            })
+            .collect();
+        want.sort();
+        assert!(!want.is_empty());
+        assert_eq!(rows, want);
+        // a job of the registry without a period (the continuous drain) runs on request
+        assert!(crate::schedule::find("refresh-embeddings").is_some_and(|j| j.every.is_none()));
+    }
+}
+

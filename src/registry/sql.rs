@@ -48,6 +48,7 @@ fn require_owner(what: &str) -> Result<(), ErrorReport> {
 }
 
 #[pg_extern(volatile, parallel_unsafe, name = "_gates_passed")]
+#[search_path(pg_catalog, pg_temp)]
 fn gates_passed(key: &str) -> Result<bool, ErrorReport> {
     require_owner("_gates_passed")?;
     TOKEN.with(|t| *t.borrow_mut() = Some((lxid(), key.to_string())));
@@ -55,6 +56,7 @@ fn gates_passed(key: &str) -> Result<bool, ErrorReport> {
 }
 
 #[pg_extern(volatile, parallel_unsafe, name = "_gates_consume")]
+#[search_path(pg_catalog, pg_temp)]
 fn gates_consume(key: &str) -> Result<bool, ErrorReport> {
     require_owner("_gates_consume")?;
     Ok(TOKEN.with(|t| {
