@@ -1,5 +1,5 @@
 //! quantops: upkeep for quant and AI research platforms, inside PostgreSQL.
-//! See README.md. Each capability lives in its own folder: a pure `core.rs` and a thin `sql.rs`.
+//! See README.md and docs/. Each capability lives in its own folder: a pure `core.rs` and a thin `sql.rs`.
 
 pgrx::pg_module_magic!(name, version);
 
