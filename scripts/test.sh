@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test, in four tiers (see README "Tests"), on PostgreSQL 15 and 17 (QUANTOPS_MAJORS to
+# Every test, in four tiers (see CONTRIBUTING.md "Test tiers"), on PostgreSQL 15 and 17 (QUANTOPS_MAJORS to
 # choose: "15 17" by default). Installs what it needs (scripts/bootstrap.sh; 17 runs inside the
 # Debian 13 root of scripts/trixie.sh), builds and installs quantops for each major, creates a
 # fresh local cluster, then runs, per major:

@@ -12,7 +12,7 @@ begin
   if pg_catalog.pg_is_in_recovery() then
     raise exception 'cannot run quantops.%() on a read replica', fn using errcode = '25006',
       detail = 'this server is a hot standby in recovery: quantops.' || fn || '() writes',
-      hint = 'call it on the primary; a replica serves quantops'' reads (README: Read replicas and scale-out)';
+      hint = 'call it on the primary; a replica serves quantops'' reads (docs/replicas.md)';
   end if;
 end
 $$;

@@ -1,5 +1,5 @@
 //! quantops: upkeep for quant and AI research platforms, inside PostgreSQL.
-//! See README.md, and CONTRIBUTING.md for the layout: the bottom (error, gucs, spi, hash,
+//! See README.md and docs/, and CONTRIBUTING.md for the layout: the bottom (error, gucs, spi, hash,
 //! threads, xact, runtime, schedule) imports nothing above it; each capability has its folder
 //! (core.rs pure, store.rs its SPI, sql.rs its `#[pg_extern]` surface, worker.rs where it has
 //! one); the scheduler worker (workers/) is the top and reads the job registry.

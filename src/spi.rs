@@ -283,7 +283,7 @@ pub fn require_primary(function: &str) -> Result<(), pgrx::pg_sys::panic::ErrorR
             "quantops",
         )
         .set_detail(format!("this server is a hot standby in recovery: quantops.{function}() writes"))
-        .set_hint("call it on the primary; a replica serves quantops' reads (README: Read replicas and scale-out)"));
+        .set_hint("call it on the primary; a replica serves quantops' reads (docs/replicas.md)"));
     }
     Ok(())
 }

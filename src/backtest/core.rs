@@ -1,5 +1,5 @@
-//! Backtest metrics from a series of periodic simple returns. Definitions (documented in the
-//! README, pinned in the tests against an independent numpy computation, tests/reference/):
+//! Backtest metrics from a series of periodic simple returns. Definitions (documented in
+//! docs/registry.md, pinned in the tests against an independent numpy computation, tests/reference/):
 //!
 //! - excess return e_i = r_i - risk_free / periods_per_year
 //! - sharpe = mean(e) / stdev(e) * sqrt(periods_per_year), stdev with n - 1 (None if n < 2 or 0)

@@ -26,7 +26,7 @@ impl SqlError for FlagError {
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
     }
     fn hint(&self) -> Option<String> {
-        Some("see the flag definition format in the README (Feature flags)".into())
+        Some("see the flag definition format in docs/flags.md".into())
     }
 }
 sql_error!(FlagError);
