@@ -60,6 +60,7 @@ fn table_select_rules() -> BTreeMap<&'static str, [See; 3]> {
         ("outbox", [Denied, Denied, All]),
         ("flags", [Denied, Denied, All]),
         ("flag_exposures", [Denied, Denied, All]),
+        ("routine_grants", [Denied, Denied, All]),
     ])
 }
 
