@@ -92,11 +92,7 @@ pub fn enabled() -> bool {
 }
 
 pub fn database() -> String {
-    DATABASE
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "postgres".to_string())
+    DATABASE.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty()).unwrap_or_else(|| "postgres".to_string())
 }
 
 pub fn naptime() -> std::time::Duration {

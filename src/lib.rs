@@ -27,8 +27,7 @@ pub mod xact;
 
 /// Every capability with a part in the worker, in the order its passes run. The jobs are
 /// declared by the capabilities themselves; this is only the list of them.
-static CAPABILITIES: &[&schedule::Capability] =
-    &[&audit::CAPABILITY, &embedding::CAPABILITY, &prune::CAPABILITY, &index::CAPABILITY];
+static CAPABILITIES: &[&schedule::Capability] = &[&audit::CAPABILITY, &embedding::CAPABILITY, &prune::CAPABILITY, &index::CAPABILITY];
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding", requires = ["bootstrap"]);

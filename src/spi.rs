@@ -150,10 +150,7 @@ pub fn as_role<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut ctx) };
     let _restore = Restore { nest: pin_search_path(), user: Some((user, ctx)) };
     unsafe {
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
-        );
+        pg_sys::SetUserIdAndSecContext(owner, ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32);
     }
     f()
 }
@@ -200,8 +197,7 @@ pub fn caller_is_anon() -> bool {
         }
         let me = pg_sys::GetUserId();
         let authenticated = pg_sys::get_role_oid(c"authenticated".as_ptr(), true);
-        pg_sys::has_privs_of_role(me, anon)
-            && !(authenticated != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, authenticated))
+        pg_sys::has_privs_of_role(me, anon) && !(authenticated != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, authenticated))
     }
 }
 
@@ -209,12 +205,8 @@ pub fn caller_is_anon() -> bool {
 /// SQLSTATE): a bug in quantops, reported as PostgreSQL reports its own "cannot happen" errors
 /// (XX000), naming what quantops was doing.
 pub fn failed(what: &str, e: pgrx::spi::SpiError) -> pgrx::pg_sys::panic::ErrorReport {
-    pgrx::pg_sys::panic::ErrorReport::new(
-        pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("quantops: {what} failed: {e}"),
-        "quantops",
-    )
-    .set_hint("this is a bug in quantops; please report it with the statement that raised it")
+    pgrx::pg_sys::panic::ErrorReport::new(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("quantops: {what} failed: {e}"), "quantops")
+        .set_hint("this is a bug in quantops; please report it with the statement that raised it")
 }
 
 /// The first column of the first row of a read (`None`: no row, or SQL NULL). Read-only SPI

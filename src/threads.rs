@@ -28,7 +28,11 @@ fn cores() -> usize {
 
 /// A pool built once per process on first use; a failed build (a process or thread limit) is an
 /// error now and tried again next time.
-fn get_or_build(cell: &'static OnceLock<rayon::ThreadPool>, threads: usize, name: &'static str) -> Result<&'static rayon::ThreadPool, String> {
+fn get_or_build(
+    cell: &'static OnceLock<rayon::ThreadPool>,
+    threads: usize,
+    name: &'static str,
+) -> Result<&'static rayon::ThreadPool, String> {
     if let Some(p) = cell.get() {
         return Ok(p);
     }

@@ -31,11 +31,7 @@ fn routines() -> BTreeSet<String> {
 
 /// The `### quantops.<name>` headings of docs/reference.md.
 fn reference_entries() -> BTreeSet<String> {
-    read("docs/reference.md")
-        .lines()
-        .filter_map(|l| l.strip_prefix("### quantops."))
-        .map(|n| n.trim().to_string())
-        .collect()
+    read("docs/reference.md").lines().filter_map(|l| l.strip_prefix("### quantops.")).map(|n| n.trim().to_string()).collect()
 }
 
 /// The user-facing docs: the README, docs/ and CONTRIBUTING.md (not the CHANGELOG or the
@@ -70,7 +66,8 @@ fn every_routine_the_docs_call_exists() {
     let mut missing = Vec::new();
     for (file, text) in user_docs() {
         for (i, _) in text.match_indices("quantops.") {
-            let name: String = text[i + "quantops.".len()..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            let name: String =
+                text[i + "quantops.".len()..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
             let called = text[i + "quantops.".len() + name.len()..].starts_with('(');
             if called && !name.is_empty() && !have.contains(&name) {
                 missing.push(format!("{file}: quantops.{name}("));

@@ -58,16 +58,12 @@ fn tag() -> String {
 /// Registers (once) and activates the built-in features embedder used by these tests.
 fn use_features_embedder() -> i32 {
     let mut c = admin();
-    let v: Option<i32> = c
-        .query_one("select max(version) from quantops.embedders where name = 'it-features'", &[])
-        .unwrap()
-        .get(0);
+    let v: Option<i32> = c.query_one("select max(version) from quantops.embedders where name = 'it-features'", &[]).unwrap().get(0);
     let v = match v {
         Some(v) => v,
-        None => c
-            .query_one("select quantops.register_embedder('it-features', 'features', 384, $1::text::jsonb)", &[&FEATURES])
-            .unwrap()
-            .get(0),
+        None => {
+            c.query_one("select quantops.register_embedder('it-features', 'features', 384, $1::text::jsonb)", &[&FEATURES]).unwrap().get(0)
+        }
     };
     c.execute("select quantops.set_embedder('it-features', $1)", &[&v]).unwrap();
     v
@@ -84,14 +80,10 @@ impl Drop for Restore {
 }
 
 fn use_http_embedder(fake: &Fake, batch: i32, extra: &str) -> i32 {
-    let params = format!(
-        r#"{{"url": "{}", "model": "fake-embed-1", "template": "{{rationale}}", "batch_size": {batch}, {extra}}}"#,
-        fake.url()
-    );
+    let params =
+        format!(r#"{{"url": "{}", "model": "fake-embed-1", "template": "{{rationale}}", "batch_size": {batch}, {extra}}}"#, fake.url());
     let mut c = admin();
-    c.query_one("select quantops.register_embedder('it-http', 'http', 384, $1::text::jsonb, activate => true)", &[&params])
-        .unwrap()
-        .get(0)
+    c.query_one("select quantops.register_embedder('it-http', 'http', 384, $1::text::jsonb, activate => true)", &[&params]).unwrap().get(0)
 }
 
 fn insert_signals(t: &str, rationales: &[String]) {
@@ -215,10 +207,9 @@ fn model_migration_keeps_old_vectors_searchable_and_asof_reads_the_past() {
         )
         .unwrap()
         .get(0);
-    let r: serde_json::Value = serde_json::from_str(
-        &tx.query_one("select quantops.set_embedder('it-features', $1)::text", &[&v2]).unwrap().get::<_, String>(0),
-    )
-    .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&tx.query_one("select quantops.set_embedder('it-features', $1)::text", &[&v2]).unwrap().get::<_, String>(0))
+            .unwrap();
     assert!(r["enqueued"].as_i64().unwrap() >= 20);
     let searchable: i64 = tx
         .query_one(
@@ -234,7 +225,10 @@ fn model_migration_keeps_old_vectors_searchable_and_asof_reads_the_past() {
     wait_for("the migration to finish", Duration::from_secs(60), || {
         let mut c = admin();
         let n: i64 = c
-            .query_one("select count(*) from quantops.signal_embeddings where strategy = $1 and embedder_version = $2::text", &[&t, &v2.to_string()])
+            .query_one(
+                "select count(*) from quantops.signal_embeddings where strategy = $1 and embedder_version = $2::text",
+                &[&t, &v2.to_string()],
+            )
             .unwrap()
             .get(0);
         (n == 20).then_some(())
@@ -309,7 +303,13 @@ fn http_provider_failures_end_embedded_or_dead_lettered() {
             assert!(err.contains("500"), "{err}");
         } else {
             assert_eq!(class, "permanent", "{r}: {err}");
-            let expect = if r.contains("[400]") { "400" } else if r.contains("[baddim]") { "383 dimensions, expected 384" } else { "invalid json" };
+            let expect = if r.contains("[400]") {
+                "400"
+            } else if r.contains("[baddim]") {
+                "383 dimensions, expected 384"
+            } else {
+                "invalid json"
+            };
             assert!(err.contains(expect), "{r}: {err}");
         }
     }
@@ -342,10 +342,9 @@ fn http_provider_failures_end_embedded_or_dead_lettered() {
     assert!(n >= 4);
     let (done2, dead2) = wait_settled(&t, name, 34, 60);
     assert_eq!((done2, dead2), (29, 5));
-    let s: serde_json::Value = serde_json::from_str(
-        &c.query_one("select to_jsonb(e)::text from quantops.embedding_status e", &[]).unwrap().get::<_, String>(0),
-    )
-    .unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&c.query_one("select to_jsonb(e)::text from quantops.embedding_status e", &[]).unwrap().get::<_, String>(0))
+            .unwrap();
     assert_eq!(s["active_embedder"]["name"], name);
     assert!(s["failures"]["permanent"].as_i64().unwrap() >= 4);
 }
@@ -409,10 +408,7 @@ fn kill_9_of_the_worker_mid_batch_loses_nothing_and_embeds_nothing_twice() {
         .unwrap()
         .map(|_| ())
     });
-    let pid: i32 = admin()
-        .query_one("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[])
-        .unwrap()
-        .get(0);
+    let pid: i32 = admin().query_one("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[]).unwrap().get(0);
     assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
     // the postmaster resets every backend and restarts the worker; the lease runs out and the
     // batch is taken again
@@ -475,10 +471,20 @@ fn embedding_errors_have_their_sqlstates_and_change_nothing() {
     let svc = Who::ServiceRole;
     let cases: Vec<(&str, &str, &str, &str)> = vec![
         ("null name", "select quantops.register_embedder(null, 'features', 384)", "22004", "name must not be null"),
-        ("hostile name", "select quantops.register_embedder('x\"; drop table quantops.jobs; --', 'features', 384)", "22023", "invalid name"),
+        (
+            "hostile name",
+            "select quantops.register_embedder('x\"; drop table quantops.jobs; --', 'features', 384)",
+            "22023",
+            "invalid name",
+        ),
         ("unknown kind", "select quantops.register_embedder('x', 'bert', 384)", "22023", "unknown embedder kind \"bert\""),
         ("bad params", "select quantops.register_embedder('x', 'features', 384, '{\"features\": []}')", "22023", "invalid embedder"),
-        ("wrong dims", "select quantops.register_embedder('x', 'hashing', 128)", "55000", "embedder dims 128 do not match the configured dims (384)"),
+        (
+            "wrong dims",
+            "select quantops.register_embedder('x', 'hashing', 128)",
+            "55000",
+            "embedder dims 128 do not match the configured dims (384)",
+        ),
         ("unknown embedder", "select quantops.set_embedder('nope')", "42704", "embedder \"nope\" does not exist"),
         ("unknown version", "select quantops.set_embedder('it-features', 999)", "42704", "version 999 does not exist"),
         ("bad batch size", "select * from quantops.refresh_embeddings(batch_size => 0)", "22023", "invalid batch_size"),
@@ -543,9 +549,7 @@ fn egress_only_to_allowed_hosts_and_keys_only_over_https() {
     let reg = |url: &str, extra: &str| {
         request(
             &sr,
-            &format!(
-                "select quantops.register_embedder('{name}', 'http', 384, '{{\"url\": \"{url}\", \"model\": \"m\"{extra}}}')"
-            ),
+            &format!("select quantops.register_embedder('{name}', 'http', 384, '{{\"url\": \"{url}\", \"model\": \"m\"{extra}}}')"),
             &[],
         )
     };
@@ -643,10 +647,7 @@ fn sigterm_during_a_slow_request_stops_the_worker_within_a_second() {
         (fake.stats()["seen"][&slow].as_i64().unwrap_or(0) >= 1).then_some(())
     });
     std::thread::sleep(Duration::from_millis(200));
-    let pid: i32 = admin()
-        .query_one("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[])
-        .unwrap()
-        .get(0);
+    let pid: i32 = admin().query_one("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[]).unwrap().get(0);
     // after the restart the worker stays idle until the queue is read (the setting takes effect
     // at the start); put back whatever happens
     struct Enable;

@@ -46,7 +46,10 @@ fn bucketing_matches_unleash() {
         serde_json::json!({"environments": {"production": true}, "rules": [{"rollout": {"percentage": 25, "stickiness": "user_id"}}]}),
     );
     let n: i64 = c
-        .query_one("select count(*) from generate_series(1, 20000) g where quantops.flag_enabled($1, jsonb_build_object('user_id', g))", &[&k])
+        .query_one(
+            "select count(*) from generate_series(1, 20000) g where quantops.flag_enabled($1, jsonb_build_object('user_id', g))",
+            &[&k],
+        )
         .unwrap()
         .get(0);
     assert!((4600..=5400).contains(&n), "{n} of 20000 in a 25 % rollout");
@@ -77,17 +80,21 @@ fn targeting_reasons_variants_kill_switch_environments() {
         &mut c,
         &k,
         serde_json::json!({
-            "description": "momentum v2",
-            "environments": {"production": true, "staging": true},
-            "rules": [
-                {"name": "desk", "constraints": [{"attribute": "role", "op": "in", "values": ["desk", "admin"]},
-                                                  {"attribute": "app_version", "op": "semver_gte", "value": "2.1.0"}],
-                 "variants": [{"name": "aggressive", "weight": 1, "payload": {"leverage": 2}}]},
-                {"name": "big-books", "constraints": [{"attribute": "aum", "op": "num_gt", "value": 1000000}]}
-            ]}),
+        "description": "momentum v2",
+        "environments": {"production": true, "staging": true},
+        "rules": [
+            {"name": "desk", "constraints": [{"attribute": "role", "op": "in", "values": ["desk", "admin"]},
+                                              {"attribute": "app_version", "op": "semver_gte", "value": "2.1.0"}],
+             "variants": [{"name": "aggressive", "weight": 1, "payload": {"leverage": 2}}]},
+            {"name": "big-books", "constraints": [{"attribute": "aum", "op": "num_gt", "value": 1000000}]}
+        ]}),
     );
-    let ev = |c: &mut postgres::Client, ctx: serde_json::Value| -> (bool, Option<String>, Option<serde_json::Value>, String, Option<String>, Option<i32>) {
-        let r = c.query_one("select value, variant, payload, reason, error_code, rule from quantops.evaluate_flag($1, $2)", &[&k, &ctx]).unwrap();
+    let ev = |c: &mut postgres::Client,
+              ctx: serde_json::Value|
+     -> (bool, Option<String>, Option<serde_json::Value>, String, Option<String>, Option<i32>) {
+        let r = c
+            .query_one("select value, variant, payload, reason, error_code, rule from quantops.evaluate_flag($1, $2)", &[&k, &ctx])
+            .unwrap();
         (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
     };
     let r = ev(&mut c, serde_json::json!({"role": "desk", "app_version": "2.10.0"}));
@@ -100,7 +107,10 @@ fn targeting_reasons_variants_kill_switch_environments() {
     assert_eq!(ev(&mut c, serde_json::json!({"role": "viewer", "aum": 10})).3, "DEFAULT");
     // an unknown flag never raises: the default with ERROR / FLAG_NOT_FOUND
     let r = c.query_one("select value, reason, error_code from quantops.evaluate_flag('no.such.flag', '{}')", &[]).unwrap();
-    assert_eq!((r.get::<_, bool>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2)), (false, "ERROR".into(), Some("FLAG_NOT_FOUND".into())));
+    assert_eq!(
+        (r.get::<_, bool>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2)),
+        (false, "ERROR".into(), Some("FLAG_NOT_FOUND".into()))
+    );
     let r = c.query_one("select reason, error_code from quantops.evaluate_flag($1, '[1, 2]')", &[&k]).unwrap();
     assert_eq!((r.get::<_, String>(0), r.get::<_, Option<String>>(1)), ("ERROR".into(), Some("INVALID_CONTEXT".into())));
     assert!(!enabled(&mut c, "no.such.flag", serde_json::json!({})));
@@ -127,7 +137,8 @@ fn targeting_reasons_variants_kill_switch_environments() {
     assert_eq!(db.code().code(), "55000");
     assert!(db.message().contains(&format!("flag \"{k}\" is off for role \"desk\": DISABLED")), "{}", db.message());
     c.execute("select quantops.kill_flag($1, false)", &[&k]).unwrap();
-    let ok: bool = c.query_one("select quantops.require_flag($1, '{\"role\": \"desk\", \"app_version\": \"2.1.0\"}')", &[&k]).unwrap().get(0);
+    let ok: bool =
+        c.query_one("select quantops.require_flag($1, '{\"role\": \"desk\", \"app_version\": \"2.1.0\"}')", &[&k]).unwrap().get(0);
     assert!(ok);
     // every change audited with before and after
     let r = c
@@ -137,7 +148,8 @@ fn targeting_reasons_variants_kill_switch_environments() {
             &[&k],
         )
         .unwrap();
-    let got: Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> = r.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let got: Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> =
+        r.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].0, "flag_insert");
     assert_eq!((got[1].1.clone(), got[1].2.clone()), (None, Some(serde_json::json!(true))));
@@ -222,15 +234,33 @@ fn bad_definitions_get_22023_and_change_nothing() {
     let before: serde_json::Value = c.query_one("select definition from quantops.flags where key = $1", &[&k]).unwrap().get(0);
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (serde_json::json!({"environments": {"prod": true}}), "unknown environment \"prod\""),
-        (serde_json::json!({"environments": {"production": true}, "rules": [{"constraints": [{"attribute": "role", "op": "like", "values": ["x"]}]}]}), "rule 1 constraint 1: unknown op \"like\""),
-        (serde_json::json!({"environments": {"production": true}, "rules": [{"rollout": {"percentage": 120}}]}), "rule 1 rollout: percentage 120 not in 0..100"),
-        (serde_json::json!({"environments": {"production": true}, "rules": [{"variants": [{"name": "a", "weight": 0}]}]}), "variant weights must sum to more than 0"),
-        (serde_json::json!({"environments": {"production": true}, "rules": [{"constraints": [{"attribute": "v", "op": "semver_gt", "value": "two"}]}]}), "invalid semver \"two\""),
-        (serde_json::json!({"environments": {"production": true}, "rules": [{"constraints": [{"attribute": "n", "op": "num_gt", "value": "x"}]}]}), "must be a number"),
+        (
+            serde_json::json!({"environments": {"production": true}, "rules": [{"constraints": [{"attribute": "role", "op": "like", "values": ["x"]}]}]}),
+            "rule 1 constraint 1: unknown op \"like\"",
+        ),
+        (
+            serde_json::json!({"environments": {"production": true}, "rules": [{"rollout": {"percentage": 120}}]}),
+            "rule 1 rollout: percentage 120 not in 0..100",
+        ),
+        (
+            serde_json::json!({"environments": {"production": true}, "rules": [{"variants": [{"name": "a", "weight": 0}]}]}),
+            "variant weights must sum to more than 0",
+        ),
+        (
+            serde_json::json!({"environments": {"production": true}, "rules": [{"constraints": [{"attribute": "v", "op": "semver_gt", "value": "two"}]}]}),
+            "invalid semver \"two\"",
+        ),
+        (
+            serde_json::json!({"environments": {"production": true}, "rules": [{"constraints": [{"attribute": "n", "op": "num_gt", "value": "x"}]}]}),
+            "must be a number",
+        ),
         (serde_json::json!({"environments": {"production": true}, "surprise": 1}), "unknown key \"surprise\""),
         (serde_json::json!({"rules": []}), "missing \"environments\""),
         (serde_json::json!([1]), "must be a json object"),
-        (serde_json::json!({"environments": {"production": true}, "rules": [{"rollout": {"percentage": 10, "stickiness": "random"}}]}), "stickiness \"random\" is not supported"),
+        (
+            serde_json::json!({"environments": {"production": true}, "rules": [{"rollout": {"percentage": 10, "stickiness": "random"}}]}),
+            "stickiness \"random\" is not supported",
+        ),
     ];
     for (def, part) in cases {
         let e = c.query_one("select quantops.set_flag($1, $2)", &[&k, &def]).unwrap_err();
@@ -274,9 +304,8 @@ fn exposures_are_sampled_when_asked() {
     for u in ["u1", "u2", "u3"] {
         c.execute("select * from quantops.evaluate_flag($1, jsonb_build_object('user_id', $2::text))", &[&k, &u]).unwrap();
     }
-    let rows = c
-        .query("select context->>'user_id', variant, reason from quantops.flag_exposures where flag_key = $1 order by id", &[&k])
-        .unwrap();
+    let rows =
+        c.query("select context->>'user_id', variant, reason from quantops.flag_exposures where flag_key = $1 order by id", &[&k]).unwrap();
     assert_eq!(rows.len(), 3);
     for r in &rows {
         assert!(matches!(r.get::<_, Option<String>>(1).as_deref(), Some("a") | Some("b")));

@@ -325,10 +325,8 @@ fn no_caller_environment_reaches_another_role() {
         let mut hostile = who.connect();
         hostile.batch_execute(TEMP_OBJECTS).unwrap();
         for f in &funcs {
-            let may: bool = a
-                .query_one("select has_function_privilege($1, $2::text::regprocedure, 'EXECUTE')", &[&who.role(), &f.sig])
-                .unwrap()
-                .get(0);
+            let may: bool =
+                a.query_one("select has_function_privilege($1, $2::text::regprocedure, 'EXECUTE')", &[&who.role(), &f.sig]).unwrap().get(0);
             if !may {
                 continue;
             }
@@ -419,10 +417,7 @@ fn anon_writes_nothing() {
     }
     let mut n = 0;
     for f in &funcs {
-        let may: bool = a
-            .query_one("select has_function_privilege('anon', $1::text::regprocedure, 'EXECUTE')", &[&f.sig])
-            .unwrap()
-            .get(0);
+        let may: bool = a.query_one("select has_function_privilege('anon', $1::text::regprocedure, 'EXECUTE')", &[&f.sig]).unwrap().get(0);
         if !may {
             continue;
         }
@@ -444,10 +439,7 @@ fn anon_writes_nothing() {
         }
         tx.batch_execute("reset role").unwrap();
         let writes: i64 = tx
-            .query_one(
-                "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_xact_all_tables",
-                &[],
-            )
+            .query_one("select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_xact_all_tables", &[])
             .unwrap()
             .get(0);
         assert_eq!(writes, 0, "anon calling {} wrote {writes} rows", f.sig);

@@ -200,11 +200,7 @@ fn role_matrix_writes() {
     let r = request(&Who::ServiceRole, "update quantops.jobs set enabled = enabled where name = 'verify-audit' returning name", &[]);
     assert_eq!(r.unwrap().len(), 1);
     // but even service_role cannot write the audit log directly
-    expect_err(
-        request(&Who::ServiceRole, "delete from quantops.audit_log", &[]),
-        "42501",
-        "permission denied",
-    );
+    expect_err(request(&Who::ServiceRole, "delete from quantops.audit_log", &[]), "42501", "permission denied");
     // Supabase's postgres has no write grant on it either
     expect_err(request(&Who::Postgres, "delete from quantops.audit_log", &[]), "42501", "permission denied");
     expect_err(request(&Who::Postgres, "update quantops.audit_log set outcome = 'ok'", &[]), "42501", "permission denied");
@@ -299,7 +295,9 @@ fn role_matrix_boundaries_are_pinned() {
         "internal helpers that an API role may execute"
     );
     // the helpers that guard a gate, a chain or the worker stay the owner's
-    for k in ["_gates_passed(text)", "_gates_consume(text)", "_audit_chain()", "_audit_digest(bytea,text)", "_index_state()", "grant_roles()"] {
+    for k in
+        ["_gates_passed(text)", "_gates_consume(text)", "_audit_chain()", "_audit_digest(bytea,text)", "_index_state()", "grant_roles()"]
+    {
         assert_eq!(rules.get(k), Some(&[false, false, false, false]), "{k}");
     }
 }
@@ -322,10 +320,8 @@ fn role_matrix_execute_on_every_function() {
         let expect = rules.get(key.as_str()).unwrap_or_else(|| panic!("{sig} has no row in the role matrix"));
         seen.insert(key.clone());
         for (i, role) in ["anon", "authenticated", "service_role", "postgres"].iter().enumerate() {
-            let ok: bool = c
-                .query_one("select has_function_privilege($1, $2::text::regprocedure, 'EXECUTE')", &[role, &sig])
-                .unwrap()
-                .get(0);
+            let ok: bool =
+                c.query_one("select has_function_privilege($1, $2::text::regprocedure, 'EXECUTE')", &[role, &sig]).unwrap().get(0);
             assert_eq!(ok, expect[i], "EXECUTE on {sig} for {role}");
         }
         // PUBLIC has nothing
@@ -523,8 +519,7 @@ fn concurrent_writers_keep_one_unbroken_chain() {
 fn verify_audit_finds_altered_removed_and_truncated_rows() {
     let mut c = admin();
     for i in 0..5 {
-        c.execute("select quantops.log_flow_run(flow => 'tamper-test', parameters => jsonb_build_object('i', $1::int))", &[&i])
-            .unwrap();
+        c.execute("select quantops.log_flow_run(flow => 'tamper-test', parameters => jsonb_build_object('i', $1::int))", &[&i]).unwrap();
     }
     let last = scalar_i64(&mut c, "select max(seq) from quantops.audit_log where stream = 'flow_runs'");
     // tamper in a transaction that we roll back, so the shared cluster stays intact
@@ -673,17 +668,12 @@ fn configure_refuses_to_change_the_dimension_of_stored_vectors() {
 // ---------------------------------------------------------------------------------------------
 
 fn worker_pid(c: &mut postgres::Client) -> Option<i32> {
-    c.query_opt("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[])
-        .ok()
-        .flatten()
-        .map(|r| r.get(0))
+    c.query_opt("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[]).ok().flatten().map(|r| r.get(0))
 }
 
 fn status_alive() -> bool {
     let mut c = admin();
-    let r = c
-        .query_one("select coalesce((quantops.status()->'workers'->0->>'alive')::bool, false)", &[])
-        .unwrap();
+    let r = c.query_one("select coalesce((quantops.status()->'workers'->0->>'alive')::bool, false)", &[]).unwrap();
     r.get(0)
 }
 

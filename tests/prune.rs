@@ -82,11 +82,8 @@ fn policy_name(strat: &str) -> String {
 fn set_age_policy(strat: &str, age: &str) -> String {
     let name = policy_name(strat);
     let mut c = admin();
-    c.execute(
-        "select quantops.set_retention($1, 'max_age', strategy => $2, max_age => $3::text::interval)",
-        &[&name, &strat, &age],
-    )
-    .unwrap();
+    c.execute("select quantops.set_retention($1, 'max_age', strategy => $2, max_age => $3::text::interval)", &[&name, &strat, &age])
+        .unwrap();
     name
 }
 
@@ -118,12 +115,24 @@ fn set_retention_rejects_bad_input_and_changes_nothing() {
         ("select quantops.set_retention('x-none', 'max_age')", "22023", "max_age must be a positive interval"),
         ("select quantops.set_retention('x-kn', 'keep_newest', keep_newest => -1)", "22023", "keep_newest must be zero or more"),
         ("select quantops.set_retention('x-kind', 'forever')", "22023", "unknown retention kind \"forever\""),
-        ("select quantops.set_retention('x-mix', 'keep_newest', keep_newest => 3, max_age => interval '1 day')", "22023", "max_age applies only"),
+        (
+            "select quantops.set_retention('x-mix', 'keep_newest', keep_newest => 3, max_age => interval '1 day')",
+            "22023",
+            "max_age applies only",
+        ),
         ("select quantops.set_retention('x-ret', 'retired_strategy')", "22023", "needs a strategy"),
         // an unknown strategy: 42704 undefined_object
-        ("select quantops.set_retention('x-unk', 'retired_strategy', strategy => 'no-such-strategy')", "42704", "strategy \"no-such-strategy\" does not exist"),
+        (
+            "select quantops.set_retention('x-unk', 'retired_strategy', strategy => 'no-such-strategy')",
+            "42704",
+            "strategy \"no-such-strategy\" does not exist",
+        ),
         // hostile names never reach SQL text: 22023
-        ("select quantops.set_retention('x\"; drop table quantops.jobs; --', 'max_age', max_age => interval '1 day')", "22023", "invalid retention policy name"),
+        (
+            "select quantops.set_retention('x\"; drop table quantops.jobs; --', 'max_age', max_age => interval '1 day')",
+            "22023",
+            "invalid retention policy name",
+        ),
         ("select quantops.set_retention('', 'max_age', max_age => interval '1 day')", "22023", "invalid retention policy name"),
         // NULLs: 22004 null_value_not_allowed
         ("select quantops.set_retention(null, 'max_age', max_age => interval '1 day')", "22004", "must not be null"),
@@ -171,17 +180,12 @@ fn prune_moves_exactly_the_old_rows_in_batches_and_restore_brings_them_back() {
     assert!(report["batches"].as_i64().unwrap() >= 7, "{report}");
     assert_eq!((live(&mut c, &s), archived(&mut c, &s), both(&mut c, &s)), (1999, 1001, 0));
     let young: i64 = c
-        .query_one(
-            "select count(*) from quantops.signal_embeddings where strategy = $1 and as_of < now() - interval '500 days'",
-            &[&s],
-        )
+        .query_one("select count(*) from quantops.signal_embeddings where strategy = $1 and as_of < now() - interval '500 days'", &[&s])
         .unwrap()
         .get(0);
     assert_eq!(young, 0, "an old row stayed behind");
-    let reason: String = c
-        .query_one("select distinct archive_reason from quantops.signal_embeddings_archive where strategy = $1", &[&s])
-        .unwrap()
-        .get(0);
+    let reason: String =
+        c.query_one("select distinct archive_reason from quantops.signal_embeddings_archive where strategy = $1", &[&s]).unwrap().get(0);
     assert_eq!(reason, format!("retention policy {name}"));
     // recorded in job_runs with the rows moved and the index's health before and after
     let run = report["run_id"].as_i64().unwrap();
@@ -208,10 +212,7 @@ fn prune_moves_exactly_the_old_rows_in_batches_and_restore_brings_them_back() {
     // a restore that would duplicate a live row's natural key moves nothing: 23505
     c.execute("select quantops._prune_start($1)", &[&name]).unwrap();
     c.execute("select quantops.prune_batch($1, 1)", &[&name]).unwrap();
-    let moved_id: i64 = c
-        .query_one("select id from quantops.signal_embeddings_archive where strategy = $1", &[&s])
-        .unwrap()
-        .get(0);
+    let moved_id: i64 = c.query_one("select id from quantops.signal_embeddings_archive where strategy = $1", &[&s]).unwrap().get(0);
     c.execute(
         "insert into quantops.signal_embeddings (strategy, symbol, as_of, owner) \
          select strategy, symbol, as_of, owner from quantops.signal_embeddings_archive where id = $1",
@@ -249,11 +250,7 @@ fn keep_newest_and_retired_strategy_policies() {
         assert!(r.get::<_, bool>(2), "an archived row is newer than a kept one");
     }
     // retire the strategy: everything goes
-    c.execute(
-        "select quantops.set_retention($1, 'retired_strategy', strategy => $2)",
-        &[&format!("{name}-retired"), &s],
-    )
-    .unwrap();
+    c.execute("select quantops.set_retention($1, 'retired_strategy', strategy => $2)", &[&format!("{name}-retired"), &s]).unwrap();
     let r = c.query_one("call quantops.prune(policy => $1)", &[&format!("{name}-retired")]).unwrap();
     assert_eq!(r.get::<_, serde_json::Value>(0)["moved"], 12);
     assert_eq!((live(&mut c, &s), archived(&mut c, &s), both(&mut c, &s)), (0, 30, 0));
@@ -367,10 +364,7 @@ fn kill_9_of_the_worker_mid_prune_loses_nothing() {
     assert_eq!(digest(&mut c, &s), before_digest);
     // the interrupted run is on record as such, the finished one as succeeded
     let interrupted: i64 = c
-        .query_one(
-            "select count(*) from quantops.job_runs where job = 'prune' and status = 'failed' and error like 'interrupted%'",
-            &[],
-        )
+        .query_one("select count(*) from quantops.job_runs where job = 'prune' and status = 'failed' and error like 'interrupted%'", &[])
         .unwrap()
         .get(0);
     assert!(interrupted >= 1 || mid == to_move, "the killed run is not marked interrupted");
@@ -510,8 +504,16 @@ fn match_signals_under_rls_with_filters_and_no_look_ahead() {
     expect_err(request(&Who::Anon, call, &[&q, &10i32, &f, &None::<std::time::SystemTime>]), "42501", "permission denied");
     // bad input, each with its SQLSTATE
     let short = vec_lit(0.5, 3);
-    expect_err(request(&a, call, &[&short, &10i32, &f, &None::<std::time::SystemTime>]), "22000", &format!("query_embedding has 3 dimensions, not {d}"));
-    expect_err(request(&a, call, &[&None::<String>, &10i32, &f, &None::<std::time::SystemTime>]), "22004", "query_embedding must not be null");
+    expect_err(
+        request(&a, call, &[&short, &10i32, &f, &None::<std::time::SystemTime>]),
+        "22000",
+        &format!("query_embedding has 3 dimensions, not {d}"),
+    );
+    expect_err(
+        request(&a, call, &[&None::<String>, &10i32, &f, &None::<std::time::SystemTime>]),
+        "22004",
+        "query_embedding must not be null",
+    );
     expect_err(request(&a, call, &[&q, &0i32, &f, &None::<std::time::SystemTime>]), "22023", "match_count must be between 1 and 1000");
     let bad = serde_json::json!({ "owner": "x" });
     expect_err(request(&a, call, &[&q, &5i32, &bad, &None::<std::time::SystemTime>]), "22023", "unknown filter key \"owner\"");
@@ -579,7 +581,8 @@ fn index_health_measures_and_refuses_what_it_cannot_measure() {
     let r = request(&Who::ServiceRole, "select quantops.index_health('public.qo_secret_vectors')", &[]);
     expect_err(r, "42501", "permission denied for table");
     // any IVFFlat index, not only quantops' own: a table with one is measured through it
-    let h: serde_json::Value = c.query_one("select quantops.index_health('public.qo_secret_vectors', sample_rows => 100)", &[]).unwrap().get(0);
+    let h: serde_json::Value =
+        c.query_one("select quantops.index_health('public.qo_secret_vectors', sample_rows => 100)", &[]).unwrap().get(0);
     assert_eq!(h["index"], "public.qo_secret_vectors_idx");
     assert_eq!(h["metric"], "l2");
     c.batch_execute("drop table public.qo_secret_vectors").unwrap();
@@ -589,10 +592,8 @@ fn index_health_measures_and_refuses_what_it_cannot_measure() {
 fn maintain_index_rebuilds_concurrently_through_the_worker_and_writes_go_on() {
     let mut c = admin();
     let d = dims() as usize;
-    let old: i64 = c
-        .query_one("select pg_relation_filenode('quantops.signal_embeddings_embedding_ivfflat_idx')::bigint", &[])
-        .unwrap()
-        .get(0);
+    let old: i64 =
+        c.query_one("select pg_relation_filenode('quantops.signal_embeddings_embedding_ivfflat_idx')::bigint", &[]).unwrap().get(0);
     // an INVALID IVFFlat index, as a failed concurrent build leaves one
     c.batch_execute(
         "create index qo_leftover_ivfflat on quantops.signal_embeddings using ivfflat (embedding extensions.vector_cosine_ops) with (lists = 1); \
@@ -624,10 +625,8 @@ fn maintain_index_rebuilds_concurrently_through_the_worker_and_writes_go_on() {
                     &[&s, &(i as f64), &vec_lit(i as f32 * 0.001, d)],
                 )
                 .expect("a write failed during the rebuild");
-                let running: bool = c
-                    .query_one("select exists (select 1 from quantops.index_builds where status = 'running')", &[])
-                    .unwrap()
-                    .get(0);
+                let running: bool =
+                    c.query_one("select exists (select 1 from quantops.index_builds where status = 'running')", &[]).unwrap().get(0);
                 if running {
                     during.fetch_add(1, Ordering::Relaxed);
                 }
@@ -642,10 +641,8 @@ fn maintain_index_rebuilds_concurrently_through_the_worker_and_writes_go_on() {
     stop.store(true, Ordering::Relaxed);
     w.join().expect("writer");
     assert_eq!(status, "succeeded", "{err:?}");
-    let new: i64 = c
-        .query_one("select pg_relation_filenode('quantops.signal_embeddings_embedding_ivfflat_idx')::bigint", &[])
-        .unwrap()
-        .get(0);
+    let new: i64 =
+        c.query_one("select pg_relation_filenode('quantops.signal_embeddings_embedding_ivfflat_idx')::bigint", &[]).unwrap().get(0);
     assert_ne!(old, new, "the index was not rebuilt");
     let (valid, leftover): (bool, bool) = {
         let r = c
@@ -659,10 +656,7 @@ fn maintain_index_rebuilds_concurrently_through_the_worker_and_writes_go_on() {
     };
     assert!(valid);
     assert!(!leftover, "the invalid index left by a failed build was not dropped");
-    let after: serde_json::Value = c
-        .query_one("select health_after from quantops.index_builds where id = $1", &[&id])
-        .unwrap()
-        .get(0);
+    let after: serde_json::Value = c.query_one("select health_after from quantops.index_builds where id = $1", &[&id]).unwrap().get(0);
     assert!(after["drift"].as_f64().unwrap() < 1.15, "{after}");
     assert_eq!(after["baseline"], "measured after build");
     eprintln!("{} writes committed while the rebuild ran", during.load(Ordering::Relaxed));
@@ -684,8 +678,5 @@ fn maintain_index_rebuilds_concurrently_through_the_worker_and_writes_go_on() {
     });
     assert!(details["health"]["lists"].is_number(), "{details}");
     // right after a rebuild, no new one is needed, or it waits for min_interval
-    assert!(
-        details["rebuild"] == false,
-        "the job wants another rebuild right after one: {details}"
-    );
+    assert!(details["rebuild"] == false, "the job wants another rebuild right after one: {details}");
 }

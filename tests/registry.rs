@@ -90,10 +90,7 @@ fn promote_rollback_and_history() {
     // what was production at T: one query
     let at: Option<i32> = c.query_one("select quantops.alias_asof($1, 'production', $2)", &[&m, &t_v2]).unwrap().get(0);
     assert_eq!(at, Some(2));
-    let before: Option<i32> = c
-        .query_one("select quantops.alias_asof($1, 'production', now() - interval '1 day')", &[&m])
-        .unwrap()
-        .get(0);
+    let before: Option<i32> = c.query_one("select quantops.alias_asof($1, 'production', now() - interval '1 day')", &[&m]).unwrap().get(0);
     assert_eq!(before, None);
     // the history cannot be rewritten: Supabase's postgres has no grant to write it, and not even
     // the table's owner (the superuser) gets past the append-only trigger
@@ -105,7 +102,8 @@ fn promote_rollback_and_history() {
     assert!(e.as_db_error().unwrap().message().contains("append-only"), "{e}");
     // three events for flows, each consumed exactly once: lease, ack, never again
     let consumer = format!("flow-{m}");
-    let evs = request(&sr, "select id, payload from quantops.consume_events($1, 1000) where payload->>'model' = $2", &[&consumer, &m]).unwrap();
+    let evs =
+        request(&sr, "select id, payload from quantops.consume_events($1, 1000) where payload->>'model' = $2", &[&consumer, &m]).unwrap();
     assert_eq!(evs.len(), 3);
     for e in &evs {
         let id: i64 = e.get(0);
@@ -115,16 +113,20 @@ fn promote_rollback_and_history() {
         let r = request(&sr, "select quantops.ack_event($1, $2)", &[&id, &consumer]).unwrap();
         assert!(!r[0].get::<_, bool>(0));
     }
-    let again = request(&sr, "select count(*) from quantops.consume_events($1, 1000) where payload->>'model' = $2", &[&consumer, &m]).unwrap();
+    let again =
+        request(&sr, "select count(*) from quantops.consume_events($1, 1000) where payload->>'model' = $2", &[&consumer, &m]).unwrap();
     assert_eq!(again[0].get::<_, i64>(0), 0);
     // and an audit row for each move
-    let n: i64 = c
-        .query_one("select count(*) from quantops.audit_log where action = 'alias_moved' and args->>'model' = $1", &[&m])
-        .unwrap()
-        .get(0);
+    let n: i64 =
+        c.query_one("select count(*) from quantops.audit_log where action = 'alias_moved' and args->>'model' = $1", &[&m]).unwrap().get(0);
     assert_eq!(n, 3);
     // agents discover what is promoted (a shared model: every authenticated user sees it)
-    let r = request(&Who::User(USER_A.into()), "select version, artifact_prefix from quantops.discover(alias => 'production') where model = $1", &[&m]).unwrap();
+    let r = request(
+        &Who::User(USER_A.into()),
+        "select version, artifact_prefix from quantops.discover(alias => 'production') where model = $1",
+        &[&m],
+    )
+    .unwrap();
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].get::<_, i32>(0), 2);
     assert_eq!(r[0].get::<_, String>(1), format!("backtests/{m}/2/"));
@@ -340,10 +342,7 @@ fn artifacts_to_delete_keeps_what_an_alias_points_at_or_did_recently() {
     let n: i64 = c.query_one("select count(*) from quantops.artifacts_to_delete(interval '1 day') where model = $1", &[&m]).unwrap().get(0);
     assert_eq!(n, 0);
     // quantops never deletes storage objects itself
-    let objs: i64 = c
-        .query_one("select count(*) from storage.objects where name like 'backtests/' || $1 || '/%'", &[&m])
-        .unwrap()
-        .get(0);
+    let objs: i64 = c.query_one("select count(*) from storage.objects where name like 'backtests/' || $1 || '/%'", &[&m]).unwrap().get(0);
     assert_eq!(objs, 3);
 }
 

@@ -84,8 +84,7 @@ fn a_gate_holds_against_postgres() {
         &[&m],
     )
     .unwrap();
-    a.query_one("select quantops.set_promotion_policy($1, 'production', min_sharpe => 1.0, require_artifact => false)", &[&m])
-        .unwrap();
+    a.query_one("select quantops.set_promotion_policy($1, 'production', min_sharpe => 1.0, require_artifact => false)", &[&m]).unwrap();
     a.query_one("select quantops.promote($1, 1, 'production', null)", &[&m]).unwrap();
     // the review's attack: vouch for version 2 (then move the alias directly): refused
     let r = request(
@@ -135,7 +134,10 @@ fn maintain_index_needs_the_tables_owner() {
     let r = request(&Who::ServiceRole, "select quantops.maintain_index('public.qo_docs', force => true)", &[]);
     expect_err(r, "42501", "must be owner of table");
     let queued: i64 = admin()
-        .query_one("select count(*) from quantops.index_builds where index_name = 'public.qo_docs_ivf' and status in ('queued', 'running')", &[])
+        .query_one(
+            "select count(*) from quantops.index_builds where index_name = 'public.qo_docs_ivf' and status in ('queued', 'running')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(queued, 0, "a rebuild was queued for a role that does not own the table");
@@ -170,9 +172,7 @@ fn a_prune_run_is_recorded_only_by_the_backend_that_runs_it() {
         (r.get(0), r.get(1))
     };
     assert_eq!((status.as_str(), rows), ("running", None), "another backend rewrote the run");
-    admin()
-        .execute("update quantops.job_runs set status = 'failed', finished_at = now(), error = 'test' where id = $1", &[&id])
-        .unwrap();
+    admin().execute("update quantops.job_runs set status = 'failed', finished_at = now(), error = 'test' where id = $1", &[&id]).unwrap();
 }
 
 /// The worker is a superuser session of the database `postgres` owns: a database-level
@@ -202,12 +202,18 @@ fn the_worker_ignores_a_search_path_set_on_its_database() {
     let ok = std::process::Command::new("bash").args([&format!("{root}/scripts/cluster.sh"), "restart"]).status().unwrap();
     assert!(ok.success());
     // it runs jobs meanwhile (verify-audit and the sweep read and compare text and bigint)
-    let before: i64 = admin().query_one("select count(*) from quantops.job_runs where runner = 'worker' and finished_at is not null", &[]).unwrap().get(0);
+    let before: i64 = admin()
+        .query_one("select count(*) from quantops.job_runs where runner = 'worker' and finished_at is not null", &[])
+        .unwrap()
+        .get(0);
     admin()
         .batch_execute("update quantops.jobs set next_run_at = now() where name in ('verify-audit', 'sweep-embeddings'); select quantops._wake_worker()")
         .unwrap();
     wait_for("the worker's jobs", Duration::from_secs(60), || {
-        let n: i64 = admin().query_one("select count(*) from quantops.job_runs where runner = 'worker' and finished_at is not null", &[]).unwrap().get(0);
+        let n: i64 = admin()
+            .query_one("select count(*) from quantops.job_runs where runner = 'worker' and finished_at is not null", &[])
+            .unwrap()
+            .get(0);
         (n >= before + 2).then_some(())
     });
     let ran: i64 = admin().query_one("select count(*) from dbevil.ran where who = 'supabase_admin'", &[]).unwrap().get(0);
@@ -270,12 +276,8 @@ fn flags_are_read_in_a_parallel_worker() {
     .unwrap();
     let on: bool = tx.query_one("select quantops.flag_enabled('parallel.flag')", &[]).unwrap().get(0);
     assert!(on);
-    let plan: Vec<String> = tx
-        .query("explain (costs off) select quantops.flag_enabled('parallel.flag')", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan: Vec<String> =
+        tx.query("explain (costs off) select quantops.flag_enabled('parallel.flag')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert!(plan.iter().any(|l| l.contains("Gather")), "not run in a parallel worker: {plan:?}");
     let r: bool = tx.query_one("select quantops.require_flag('parallel.flag')", &[]).unwrap().get(0);
     assert!(r);
@@ -387,8 +389,10 @@ fn look_alike_vault_and_storage_views_run_nothing_as_the_superuser() {
     p.batch_execute("drop schema vault cascade").unwrap();
     // Storage: moved out of the way, and a look-alike view in its place
     a.batch_execute("alter schema storage rename to storage_real; grant create on database postgres to postgres").unwrap();
-    p.batch_execute("create schema storage; create view storage.objects as select 'model-artifacts'::text as bucket_id, qo_probe.note() as name")
-        .unwrap();
+    p.batch_execute(
+        "create schema storage; create view storage.objects as select 'model-artifacts'::text as bucket_id, qo_probe.note() as name",
+    )
+    .unwrap();
     let m = format!("storage-{}", &new_user()[..8]);
     let check_was: String = a.query_one("select artifact_check from quantops.settings", &[]).unwrap().get(0);
     a.batch_execute("select quantops.set_artifact_check('storage')").unwrap();

@@ -29,10 +29,7 @@ fn replica(user: &str) -> Client {
 fn caught_up() {
     let lsn: String = admin().query_one("select pg_current_wal_lsn()::text", &[]).unwrap().get(0);
     wait_for("the replica to replay the primary's WAL", Duration::from_secs(30), || {
-        let ok: bool = replica("supabase_admin")
-            .query_one("select pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn])
-            .unwrap()
-            .get(0);
+        let ok: bool = replica("supabase_admin").query_one("select pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn]).unwrap().get(0);
         ok.then_some(())
     });
 }
@@ -73,8 +70,7 @@ fn a_flag_change_on_the_primary_is_seen_on_the_replica_once_replayed() {
     let mut r = replica("authenticator");
     let on = |r: &mut Client| -> bool {
         let mut tx = r.transaction().unwrap();
-        tx.execute("select set_config('role', 'anon', true), set_config('request.jwt.claims', '{\"role\":\"anon\"}', true)", &[])
-            .unwrap();
+        tx.execute("select set_config('role', 'anon', true), set_config('request.jwt.claims', '{\"role\":\"anon\"}', true)", &[]).unwrap();
         let v: bool = tx.query_one("select quantops.flag_enabled('standby.cache')", &[]).unwrap().get(0);
         tx.commit().unwrap();
         v

@@ -8,8 +8,20 @@ pub const REDACTED: &str = "[redacted]";
 
 /// Key fragments whose values never reach the audit log.
 const SECRET_KEYS: &[&str] = &[
-    "password", "passwd", "secret", "token", "api_key", "apikey", "authorization", "credential",
-    "private_key", "access_key", "service_role", "jwt", "cookie", "session",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "credential",
+    "private_key",
+    "access_key",
+    "service_role",
+    "jwt",
+    "cookie",
+    "session",
 ];
 
 pub fn is_secret_key(key: &str) -> bool {
@@ -24,11 +36,7 @@ pub fn redact(v: &Value) -> Value {
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, v)| {
-                    let v = if is_secret_key(k) && !v.is_null() {
-                        Value::String(REDACTED.into())
-                    } else {
-                        redact(v)
-                    };
+                    let v = if is_secret_key(k) && !v.is_null() { Value::String(REDACTED.into()) } else { redact(v) };
                     (k.clone(), v)
                 })
                 .collect(),
@@ -49,9 +57,7 @@ fn looks_like_credential(s: &str) -> bool {
     let parts: Vec<&str> = t.split('.').collect();
     parts.len() == 3
         && t.starts_with("eyJ")
-        && parts.iter().all(|p| {
-            p.len() >= 4 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        && parts.iter().all(|p| p.len() >= 4 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         || t.starts_with("sk-") && t.len() >= 20 && !t.contains(char::is_whitespace)
 }
 
@@ -152,10 +158,7 @@ mod tests {
     #[test]
     fn chain_hash_is_sha256_of_prev_and_payload() {
         // sha256("abc") with an empty prev, the FIPS 180-2 test vector
-        assert_eq!(
-            hex(&chain_hash(b"", "abc")),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex(&chain_hash(b"", "abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_ne!(chain_hash(&GENESIS, "abc"), chain_hash(b"", "abc"));
     }
 

@@ -3,9 +3,9 @@
 use super::core as chain;
 use super::store::{append, load_chain, STREAMS};
 use crate::error::SqlError;
+use crate::spi::ReportError;
 use crate::sql_error;
 use pgrx::pg_sys::panic::ErrorReport;
-use crate::spi::ReportError;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode, Uuid};
 use serde_json::{json, Value};
@@ -74,11 +74,7 @@ fn check_name(what: &'static str, v: Option<&str>) -> Result<String, AuditError>
     let v = v.ok_or(AuditError::Null { what })?;
     let t = v.trim();
     if t.is_empty() || t.len() > 200 || t.chars().any(char::is_control) {
-        return Err(AuditError::Invalid {
-            what,
-            why: "must be 1 to 200 printable characters".into(),
-            hint: None,
-        });
+        return Err(AuditError::Invalid { what, why: "must be 1 to 200 printable characters".into(), hint: None });
     }
     Ok(t.to_string())
 }
@@ -128,11 +124,7 @@ fn pair(
             let outcome = match outcome {
                 Some(o @ ("ok" | "error")) => o,
                 Some(o) => {
-                    return Err(AuditError::Invalid {
-                        what: "outcome",
-                        why: format!("\"{o}\" is not one of ok, error"),
-                        hint: None,
-                    })
+                    return Err(AuditError::Invalid { what: "outcome", why: format!("\"{o}\" is not one of ok, error"), hint: None })
                 }
                 None => return Err(AuditError::Null { what: "outcome" }),
             };
@@ -159,11 +151,7 @@ fn pair(
             append(stream, &name, &args, outcome, detail.as_ref(), Some(us.max(0)), Some(id));
             Ok(id)
         }
-        other => Err(AuditError::Invalid {
-            what: "phase",
-            why: format!("\"{other}\" is not one of start, finish"),
-            hint: None,
-        }),
+        other => Err(AuditError::Invalid { what: "phase", why: format!("\"{other}\" is not one of start, finish"), hint: None }),
     }
 }
 
@@ -276,8 +264,7 @@ mod tests {
 
     #[pg_test]
     fn digest_is_sha256_of_prev_and_payload() {
-        let hex: Option<String> =
-            Spi::get_one("select encode(quantops._audit_digest(''::bytea, 'abc'), 'hex')").unwrap();
+        let hex: Option<String> = Spi::get_one("select encode(quantops._audit_digest(''::bytea, 'abc'), 'hex')").unwrap();
         assert_eq!(hex.as_deref(), Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
     }
 
@@ -300,14 +287,11 @@ mod tests {
         .unwrap();
         assert_eq!(n, Some(2));
         assert_eq!(key.as_deref(), Some("[redacted]"));
-        let valid: Option<bool> =
-            Spi::get_one("select bool_and(valid) from quantops.verify_audit('tool_calls')").unwrap();
+        let valid: Option<bool> = Spi::get_one("select bool_and(valid) from quantops.verify_audit('tool_calls')").unwrap();
         assert_eq!(valid, Some(true));
-        let dur: Option<i64> = Spi::get_one_with_args(
-            "select duration_us from quantops.audit_log where call_id = $1 and outcome = 'ok'",
-            &[id.into()],
-        )
-        .unwrap();
+        let dur: Option<i64> =
+            Spi::get_one_with_args("select duration_us from quantops.audit_log where call_id = $1 and outcome = 'ok'", &[id.into()])
+                .unwrap();
         assert!(dur.unwrap() >= 0);
     }
 

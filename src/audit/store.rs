@@ -27,15 +27,7 @@ pub fn append(
         "appending to the audit log",
         "insert into quantops.audit_log (stream, action, args, outcome, detail, duration_us, call_id) \
          values ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            stream.into(),
-            action.into(),
-            args.into(),
-            outcome.into(),
-            detail.into(),
-            duration_us.into(),
-            call_id.into(),
-        ],
+        &[stream.into(), action.into(), args.into(), outcome.into(), detail.into(), duration_us.into(), call_id.into()],
     );
 }
 
@@ -74,19 +66,19 @@ pub fn load_chain(stream: &str) -> (Vec<ChainRow>, Option<i64>) {
 
 /// The `verify-audit` job: verifies every stream's chain; a broken chain fails the run.
 pub fn verify_job() -> Result<JobOutcome, String> {
-            let mut rows = 0i64;
-            let mut bad = Vec::new();
-            for s in STREAMS {
-                let (links, head) = load_chain(s);
-                rows += links.len() as i64;
-                let problems = chain::verify_chain(&links, head);
-                if let Some(p) = problems.iter().min_by_key(|p| p.seq()) {
-                    bad.push(format!("stream {s}: {} problem(s), first: {}", problems.len(), p.describe()));
-                }
-            }
-            if bad.is_empty() {
-                Ok(JobOutcome { rows, details: json!({ "streams": STREAMS }) })
-            } else {
-                Err(format!("audit chain verification failed: {}", bad.join("; ")))
-            }
+    let mut rows = 0i64;
+    let mut bad = Vec::new();
+    for s in STREAMS {
+        let (links, head) = load_chain(s);
+        rows += links.len() as i64;
+        let problems = chain::verify_chain(&links, head);
+        if let Some(p) = problems.iter().min_by_key(|p| p.seq()) {
+            bad.push(format!("stream {s}: {} problem(s), first: {}", problems.len(), p.describe()));
+        }
+    }
+    if bad.is_empty() {
+        Ok(JobOutcome { rows, details: json!({ "streams": STREAMS }) })
+    } else {
+        Err(format!("audit chain verification failed: {}", bad.join("; ")))
+    }
 }

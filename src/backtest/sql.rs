@@ -42,20 +42,11 @@ fn backtest_metrics(
     >,
     ErrorReport,
 > {
-    let returns = returns.ok_or(MetricsError::Null(0)).map_err(|_| {
-        ErrorReport::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "returns must not be null", "quantops")
-    })?;
+    let returns = returns
+        .ok_or(MetricsError::Null(0))
+        .map_err(|_| ErrorReport::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "returns must not be null", "quantops"))?;
     let m = metrics::compute(&returns, periods_per_year.unwrap_or(252), risk_free.unwrap_or(0.0))?;
-    Ok(TableIterator::once((
-        m.n as i32,
-        m.sharpe,
-        m.sortino,
-        m.max_drawdown,
-        m.cagr,
-        m.volatility,
-        m.hit_rate,
-        m.total_return,
-    )))
+    Ok(TableIterator::once((m.n as i32, m.sharpe, m.sortino, m.max_drawdown, m.cagr, m.volatility, m.hit_rate, m.total_return)))
 }
 pgrx::extension_sql!(
     "insert into quantops.routine_grants (routine, tier) values ('quantops.backtest_metrics(double precision[], integer, double precision)', 'authenticated');",

@@ -199,9 +199,7 @@ impl Embedder {
                     return Err(ParamError::Params("fields must name at least one field".into()));
                 }
                 if let Some(f) = h.fields.iter().find(|f| !["rationale", "tags", "strategy", "symbol"].contains(&f.as_str())) {
-                    return Err(ParamError::Params(format!(
-                        "unknown field \"{f}\": fields are rationale, tags, strategy, symbol"
-                    )));
+                    return Err(ParamError::Params(format!("unknown field \"{f}\": fields are rationale, tags, strategy, symbol")));
                 }
                 Kind::Hashing(h)
             }
@@ -318,14 +316,10 @@ fn feature_values(p: &FeaturesParams, features: &Features) -> Result<Vec<Option<
     match features {
         Features::Binary(b) => {
             let obj = b.object().map_err(|what| not_object(&what))?;
-            p.features
-                .iter()
-                .map(|name| value(name, obj.get(name).map_err(|e| RowError::Permanent(format!("features: {e}")))?))
-                .collect()
+            p.features.iter().map(|name| value(name, obj.get(name).map_err(|e| RowError::Permanent(format!("features: {e}")))?)).collect()
         }
         Features::Text(t) => {
-            let v: Value =
-                serde_json::from_str(t).map_err(|e| RowError::Permanent(format!("features is not valid json: {e}")))?;
+            let v: Value = serde_json::from_str(t).map_err(|e| RowError::Permanent(format!("features is not valid json: {e}")))?;
             let obj = v.as_object().ok_or_else(|| not_object(if v.is_array() { "an array" } else { "a scalar" }))?;
             p.features.iter().map(|name| value(name, obj.get(name).map(jsonb::Value::of_json))).collect()
         }
@@ -364,11 +358,7 @@ fn check_finite(v: &[f32]) -> Result<(), RowError> {
 
 /// The features embedder's vector from the row's feature values.
 fn features_vector(d: usize, p: &FeaturesParams, vals: &[Option<f64>], projection: Option<&[f32]>) -> Result<Vec<f32>, RowError> {
-    let z: Vec<f64> = vals
-        .iter()
-        .zip(p.mean.iter().zip(&p.std))
-        .map(|(v, (m, s))| v.map(|x| (x - m) / s).unwrap_or(0.0))
-        .collect();
+    let z: Vec<f64> = vals.iter().zip(p.mean.iter().zip(&p.std)).map(|(v, (m, s))| v.map(|x| (x - m) / s).unwrap_or(0.0)).collect();
     if z.iter().any(|x| !x.is_finite()) {
         return Err(RowError::Permanent("a standardised feature is not finite".into()));
     }
@@ -470,11 +460,7 @@ fn tokens(p: &HashingParams, row: &SignalInput) -> Vec<String> {
         match f.as_str() {
             "rationale" => {
                 if let Some(r) = &row.rationale {
-                    out.extend(
-                        r.split(|c: char| !c.is_alphanumeric())
-                            .filter(|t| !t.is_empty())
-                            .map(|t| t.to_lowercase()),
-                    );
+                    out.extend(r.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(|t| t.to_lowercase()));
                 }
             }
             "tags" => out.extend(row.tags.iter().map(|t| format!("tag={}", t.to_lowercase()))),
@@ -594,10 +580,7 @@ pub fn check_provider_vectors(vectors: &[Vec<f32>], inputs: usize, dims: usize) 
     }
     for v in vectors {
         if v.len() != dims {
-            return Err(RowError::Permanent(format!(
-                "provider returned a vector of {} dimensions, expected {dims}",
-                v.len()
-            )));
+            return Err(RowError::Permanent(format!("provider returned a vector of {} dimensions, expected {dims}", v.len())));
         }
         check_finite(v)?;
     }
@@ -611,14 +594,8 @@ mod tests {
 
     fn feat(dims: i32, names: &[&str]) -> Embedder {
         let n = names.len();
-        Embedder::parse(
-            "f",
-            1,
-            "features",
-            dims,
-            &json!({"features": names, "mean": vec![0.1; n], "std": vec![0.5; n], "seed": 7}),
-        )
-        .unwrap()
+        Embedder::parse("f", 1, "features", dims, &json!({"features": names, "mean": vec![0.1; n], "std": vec![0.5; n], "seed": 7}))
+            .unwrap()
     }
 
     fn row(features: &str) -> SignalInput {
@@ -671,14 +648,17 @@ mod tests {
         assert_eq!(err(r#"{"a": 1}"#), RowError::Permanent("feature \"b\" is missing".into()));
         assert_eq!(err(r#"{"a": 1, "b": "x"}"#), RowError::Permanent("feature \"b\" is not a number: string".into()));
         assert_eq!(err(r#"{"a": 1e308, "b": -1e308}"#).class(), "permanent");
-        assert_eq!(err(r#"{"a": 0.1, "b": 0.1}"#), RowError::Permanent("these features gives a zero vector, which has no direction".into()));
+        assert_eq!(
+            err(r#"{"a": 0.1, "b": 0.1}"#),
+            RowError::Permanent("these features gives a zero vector, which has no direction".into())
+        );
         assert_eq!(err("[1]"), RowError::Permanent("features is not a json object but an array".into()));
     }
 
     #[test]
     fn features_missing_as_mean() {
-        let e = Embedder::parse("f", 1, "features", 2,
-            &json!({"features": ["a", "b"], "mean": [0, 0], "std": [1, 1], "missing": "mean"})).unwrap();
+        let e = Embedder::parse("f", 1, "features", 2, &json!({"features": ["a", "b"], "mean": [0, 0], "std": [1, 1], "missing": "mean"}))
+            .unwrap();
         let v = embed_one(&e, &row(r#"{"a": 3}"#), None).unwrap();
         assert_eq!(bits(&v), bits(&[1.0, 0.0]));
     }
@@ -774,10 +754,13 @@ mod tests {
 
     #[test]
     fn failures_are_classified() {
-        assert_eq!(classify_status(429, "slow down", Some("2")), RowError::Retryable {
-            msg: "provider answered 429 (body: 9 bytes, sha256 e4120a6471a6d365)".into(),
-            retry_after_ms: Some(2000)
-        });
+        assert_eq!(
+            classify_status(429, "slow down", Some("2")),
+            RowError::Retryable {
+                msg: "provider answered 429 (body: 9 bytes, sha256 e4120a6471a6d365)".into(),
+                retry_after_ms: Some(2000)
+            }
+        );
         assert_eq!(classify_status(503, "", None).class(), "retryable");
         assert_eq!(classify_status(400, "bad input", None).class(), "permanent");
         assert_eq!(classify_status(401, "", None).class(), "permanent");

@@ -46,24 +46,24 @@ impl SqlError for EmbeddingError {
     }
     fn detail(&self) -> Option<String> {
         match self {
-            EmbeddingError::HttpInSql(_) => Some(
-                "an http provider is called only from the scheduler worker, never inside an open transaction".into(),
-            ),
+            EmbeddingError::HttpInSql(_) => {
+                Some("an http provider is called only from the scheduler worker, never inside an open transaction".into())
+            }
             _ => None,
         }
     }
     fn hint(&self) -> Option<String> {
         match self {
-            EmbeddingError::NoneActive => {
-                Some("register one with quantops.register_embedder(..., activate => true)".into())
+            EmbeddingError::NoneActive => Some("register one with quantops.register_embedder(..., activate => true)".into()),
+            EmbeddingError::HttpInSql(_) => {
+                Some("put quantops in shared_preload_libraries; the worker drains the queue (see quantops.embedding_status)".into())
             }
-            EmbeddingError::HttpInSql(_) => Some(
-                "put quantops in shared_preload_libraries; the worker drains the queue (see quantops.embedding_status)".into(),
-            ),
-            EmbeddingError::Dims { .. } => Some("run quantops.configure(dims => ...) first, or register the embedder with the configured dims".into()),
-            EmbeddingError::Egress(crate::embedding::egress::EgressError::NotAllowed { .. }) => Some(
-                "a superuser adds the host to quantops.embedding_allowed_hosts (ALTER SYSTEM, then pg_reload_conf())".into(),
-            ),
+            EmbeddingError::Dims { .. } => {
+                Some("run quantops.configure(dims => ...) first, or register the embedder with the configured dims".into())
+            }
+            EmbeddingError::Egress(crate::embedding::egress::EgressError::NotAllowed { .. }) => {
+                Some("a superuser adds the host to quantops.embedding_allowed_hosts (ALTER SYSTEM, then pg_reload_conf())".into())
+            }
             EmbeddingError::Egress(crate::embedding::egress::EgressError::KeyInClear { .. }) => Some("use an https:// url".into()),
             EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => {
                 Some("see select name, version, kind, active from quantops.embedders".into())

@@ -51,15 +51,14 @@ pub fn embed(p: &Provider, inputs: &[String]) -> Result<Vec<Vec<f32>>, RowError>
     let text = resp
         .into_string()
         .map_err(|e| RowError::Retryable { msg: format!("reading the provider's answer failed: {e}"), retry_after_ms: None })?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| RowError::Permanent(format!("provider returned invalid json (NaN is not json): {e}")))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| RowError::Permanent(format!("provider returned invalid json (NaN is not json): {e}")))?;
     let data = v["data"].as_array().ok_or_else(|| RowError::Permanent("provider's answer has no data array".into()))?;
     let mut out: Vec<(usize, Vec<f32>)> = Vec::with_capacity(data.len());
     for (pos, d) in data.iter().enumerate() {
         let idx = d["index"].as_u64().map(|i| i as usize).unwrap_or(pos);
-        let emb = d["embedding"]
-            .as_array()
-            .ok_or_else(|| RowError::Permanent("provider's answer has an item without an embedding".into()))?;
+        let emb =
+            d["embedding"].as_array().ok_or_else(|| RowError::Permanent("provider's answer has an item without an embedding".into()))?;
         let vec: Option<Vec<f32>> = emb.iter().map(|x| x.as_f64().map(|f| f as f32)).collect();
         out.push((idx, vec.ok_or_else(|| RowError::Permanent("provider returned a non-numeric value".into()))?));
     }

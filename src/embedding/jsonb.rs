@@ -215,8 +215,8 @@ pub fn numeric_to_f64(b: &[u8]) -> Result<f64, String> {
         }
         if m < (1u64 << 53) && (-22..=22).contains(&e10) {
             const P10: [f64; 23] = [
-                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-                1e20, 1e21, 1e22,
+                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21,
+                1e22,
             ];
             let x = if e10 >= 0 { m as f64 * P10[e10 as usize] } else { m as f64 / P10[(-e10) as usize] };
             return Ok(if negative { -x } else { x });

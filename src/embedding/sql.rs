@@ -40,11 +40,7 @@ fn register_embedder(
         .into());
     }
     if params.to_string().contains("api_key\"") && !params.get("api_key_secret").is_some() {
-        return Err(EmbeddingError::Argument {
-            what: "params",
-            why: "an API key never goes into a readable table".into(),
-        }
-        .into());
+        return Err(EmbeddingError::Argument { what: "params", why: "an API key never goes into a readable table".into() }.into());
     }
     let parsed = Embedder::parse(name, 1, kind, dims, &params).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
     // the worker (a superuser process holding the provider's key) only calls hosts a superuser
@@ -158,16 +154,15 @@ fn refresh_embeddings(
     max_rows: default!(Option<i64>, "100000"),
     time_budget_ms: default!(Option<i64>, "10000"),
     batch_size: default!(Option<i64>, "2000"),
-) -> Result<
-    TableIterator<'static, (name!(done, i64), name!(unchanged, i64), name!(failed, i64), name!(remaining, i64))>,
-    ErrorReport,
-> {
+) -> Result<TableIterator<'static, (name!(done, i64), name!(unchanged, i64), name!(failed, i64), name!(remaining, i64))>, ErrorReport> {
     crate::spi::require_primary("refresh_embeddings")?;
     let started = Instant::now();
     let max_rows = max_rows.ok_or(EmbeddingError::Null("max_rows"))?;
     let budget = time_budget_ms.ok_or(EmbeddingError::Null("time_budget_ms"))?;
     let batch = batch_size.ok_or(EmbeddingError::Null("batch_size"))?;
-    for (what, v, lo, hi) in [("max_rows", max_rows, 1, i64::MAX), ("time_budget_ms", budget, 1, 86_400_000), ("batch_size", batch, 1, 100_000)] {
+    for (what, v, lo, hi) in
+        [("max_rows", max_rows, 1, i64::MAX), ("time_budget_ms", budget, 1, 86_400_000), ("batch_size", batch, 1, 100_000)]
+    {
         if v < lo || v > hi {
             return Err(EmbeddingError::Argument { what, why: format!("{v} is not between {lo} and {hi}") }.into());
         }
@@ -217,11 +212,20 @@ fn retry_failed(embedder: default!(Option<&str>, "NULL"), error_class: default!(
     let started = Instant::now();
     if let Some(c) = error_class {
         if c != "permanent" && c != "retries_exhausted" {
-            return Err(EmbeddingError::Argument { what: "error_class", why: format!("\"{c}\" is not one of permanent, retries_exhausted") }.into());
+            return Err(EmbeddingError::Argument {
+                what: "error_class",
+                why: format!("\"{c}\" is not one of permanent, retries_exhausted"),
+            }
+            .into());
         }
     }
     let n = store::requeue_failed(embedder, error_class);
-    audit::store::record_call("retry_failed", json!({ "embedder": embedder, "error_class": error_class }), Some(json!({ "requeued": n })), started);
+    audit::store::record_call(
+        "retry_failed",
+        json!({ "embedder": embedder, "error_class": error_class }),
+        Some(json!({ "requeued": n })),
+        started,
+    );
     Ok(n)
 }
 pgrx::extension_sql!(
@@ -271,8 +275,14 @@ mod tests {
     fn jsonb_read_in_place_gives_postgres_own_numbers_and_the_text_paths_hash() {
         use super::super::core::{input_hash, Embedder, Features, SignalInput};
         use super::super::jsonb::{JsonbBytes, Value};
-        let e = Embedder::parse("t", 1, "features", 3,
-            &serde_json::json!({"features": ["a", "bb", "longer_key"], "mean": [0, 0, 0], "std": [1, 1, 1]})).unwrap();
+        let e = Embedder::parse(
+            "t",
+            1,
+            "features",
+            3,
+            &serde_json::json!({"features": ["a", "bb", "longer_key"], "mean": [0, 0, 0], "std": [1, 1, 1]}),
+        )
+        .unwrap();
         // every magnitude, sign and scale (short and long numeric formats), keys of mixed lengths
         let sql = "with x as (select g, round(((random() * 2 - 1) * 10 ^ (g % 41 - 20))::numeric, g % 25) x \
                                 from generate_series(1, 3000) g) \
@@ -322,7 +332,8 @@ mod tests {
             f32::MIN_POSITIVE,
             s = vt.schema
         );
-        let same: Option<bool> = Spi::get_one_with_args(&sql, &[crate::embedding::store::vector_array_datum(&vt, &vt.array_bytes(&vecs))]).unwrap();
+        let same: Option<bool> =
+            Spi::get_one_with_args(&sql, &[crate::embedding::store::vector_array_datum(&vt, &vt.array_bytes(&vecs))]).unwrap();
         assert_eq!(same, Some(true));
         let empty: Option<bool> = Spi::get_one_with_args(
             &format!("select pg_catalog.cardinality($1) = 0 and $1 = '{{}}'::{}.vector[]", vt.schema),
@@ -335,8 +346,11 @@ mod tests {
     #[pg_test]
     fn a_pipelined_refresh_in_small_batches_embeds_every_row_once() {
         setup();
-        Spi::run("insert into quantops.signal_embeddings (strategy, symbol, as_of, features) \
-                  select 'pgtest', 'P' || g, now(), jsonb_build_object('a', g, 'b', 1) from generate_series(1, 25) g").unwrap();
+        Spi::run(
+            "insert into quantops.signal_embeddings (strategy, symbol, as_of, features) \
+                  select 'pgtest', 'P' || g, now(), jsonb_build_object('a', g, 'b', 1) from generate_series(1, 25) g",
+        )
+        .unwrap();
         let r: Option<Vec<Option<i64>>> =
             Spi::get_one("select array[done, unchanged, failed, remaining] from quantops.refresh_embeddings(batch_size => 3)").unwrap();
         assert_eq!(r.unwrap(), vec![Some(35), Some(0), Some(0), Some(0)]);
@@ -446,14 +460,16 @@ mod tests {
         .unwrap();
         assert_eq!(r.unwrap().0["enqueued"], 10);
         // old vectors stay searchable until replaced
-        let n: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embeddings where embedding is not null and embedder_version = '1'").unwrap();
+        let n: Option<i64> =
+            Spi::get_one("select count(*) from quantops.signal_embeddings where embedding is not null and embedder_version = '1'").unwrap();
         assert_eq!(n, Some(10));
         let (done, ..) = refresh();
         assert_eq!(done, 10);
         let v2: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embeddings where embedder_version = '2'").unwrap();
         assert_eq!(v2, Some(10));
         // the version-1 vectors are kept (as-of reads across transactions: tests/embedding.rs)
-        let kept: Option<i64> = Spi::get_one("select count(*) from quantops.signal_embedding_history where embedder_version = '1'").unwrap();
+        let kept: Option<i64> =
+            Spi::get_one("select count(*) from quantops.signal_embedding_history where embedder_version = '1'").unwrap();
         assert_eq!(kept, Some(10));
     }
 
@@ -472,4 +488,3 @@ mod tests {
         .unwrap();
     }
 }
-

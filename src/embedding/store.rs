@@ -7,9 +7,9 @@ use super::batch::{compute, vector_array_bytes, BatchOutcome, Computed, Picked};
 use super::core::{Embedder, Features, SignalInput};
 use super::error::EmbeddingError;
 use super::jsonb::JsonbBytes;
+use crate::audit;
 use crate::schedule::JobOutcome;
 use crate::spi::{run, vector_schema, ReportError};
-use crate::audit;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -66,8 +66,16 @@ pub fn configured_dims() -> Result<Option<i32>, EmbeddingError> {
 pub fn activate_embedder(name: &str, version: i32) -> Result<i64, EmbeddingError> {
     let started = Instant::now();
     load(name, version)?;
-    run("deactivating embedders", "update quantops.embedders set active = false where active and (name, version) <> ($1, $2)", &[name.into(), version.into()]);
-    run("activating the embedder", "update quantops.embedders set active = true where name = $1 and version = $2", &[name.into(), version.into()]);
+    run(
+        "deactivating embedders",
+        "update quantops.embedders set active = false where active and (name, version) <> ($1, $2)",
+        &[name.into(), version.into()],
+    );
+    run(
+        "activating the embedder",
+        "update quantops.embedders set active = true where name = $1 and version = $2",
+        &[name.into(), version.into()],
+    );
     // every row made by another embedder (or none) is stale now; old vectors stay searchable
     // until the refresh replaces them
     let n: i64 = crate::spi::write_one(
@@ -112,12 +120,9 @@ pub fn vector_type() -> VectorType {
     })
     .unwrap_or_else(|e| crate::spi::failed("looking up the vector type", e).report_error());
     match row {
-        Some((Some(oid), Some(array_oid), align)) => VectorType {
-            oid,
-            array_oid,
-            align: align.as_deref().unwrap_or("i").as_bytes()[0] as std::ffi::c_char,
-            schema,
-        },
+        Some((Some(oid), Some(array_oid), align)) => {
+            VectorType { oid, array_oid, align: align.as_deref().unwrap_or("i").as_bytes()[0] as std::ffi::c_char, schema }
+        }
         _ => raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "type \"vector\" of extension \"vector\" does not exist"),
     }
 }
@@ -401,7 +406,10 @@ pub fn drain(e: &Embedder, vt: &VectorType, max_rows: i64, budget: Duration, bat
                     pool.install(|| compute(&e2, oid, align, next))
                 })
                 .unwrap_or_else(|err| {
-                    crate::error::raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, format!("could not start an embedding thread: {err}"))
+                    crate::error::raise(
+                        PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+                        format!("could not start an embedding thread: {err}"),
+                    )
                 })
         });
         if let Some(h) = pending.take() {

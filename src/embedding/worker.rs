@@ -2,9 +2,9 @@
 //! embedders run a batch per transaction; the HTTP provider is called between transactions:
 //! lease (commit), call, write back only where the input is still the one leased.
 
+use super::batch::BatchOutcome;
 use super::core::{self as emb, Embedder, Kind, RowError};
 use super::http::{embed_split, Provider};
-use super::batch::BatchOutcome;
 use super::store;
 use crate::xact::in_transaction;
 use crate::{gucs, jobs};
@@ -142,7 +142,10 @@ fn api_key(secret: &Option<String>) -> Result<Option<String>, String> {
         });
         return match from_vault {
             Ok(Ok(Some(k))) => Ok(Some(k)),
-            Ok(Ok(None)) => Err(format!("vault secret \"{name}\" not found (or Supabase Vault is not installed)", name = secret.as_deref().unwrap_or(""))),
+            Ok(Ok(None)) => Err(format!(
+                "vault secret \"{name}\" not found (or Supabase Vault is not installed)",
+                name = secret.as_deref().unwrap_or("")
+            )),
             Ok(Err(err)) => Err(format!("reading the vault secret failed: {err}")),
             Err(m) => Err(format!("reading the vault secret failed: {m}")),
         };
@@ -349,12 +352,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
     Ok(leased)
 }
 
-fn write_back(
-    e: &Embedder,
-    leased: &[Leased],
-    results: Vec<Result<Vec<f32>, RowError>>,
-    max_attempts: i32,
-) -> Result<(i64, i64), String> {
+fn write_back(e: &Embedder, leased: &[Leased], results: Vec<Result<Vec<f32>, RowError>>, max_attempts: i32) -> Result<(i64, i64), String> {
     if !store::still_active(e) {
         // switched to another embedder while we were away: write nothing, give the rows back
         let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();

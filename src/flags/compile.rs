@@ -72,9 +72,7 @@ pub(crate) fn text_list(obj: &Map<String, Value>, at: &str, key: &'static str) -
     const EXPECTED: &str = "an array of strings, numbers or booleans";
     let list = obj.get(key).ok_or(FlagError::MissingKey { at: at.to_string(), key })?;
     let list = list.as_array().ok_or(FlagError::WrongType { at: at.to_string(), key, expected: EXPECTED })?;
-    list.iter()
-        .map(|v| scalar_text(v).ok_or(FlagError::WrongType { at: at.to_string(), key, expected: EXPECTED }))
-        .collect()
+    list.iter().map(|v| scalar_text(v).ok_or(FlagError::WrongType { at: at.to_string(), key, expected: EXPECTED })).collect()
 }
 
 pub(crate) fn stickiness(obj: &Map<String, Value>, at: &str) -> Result<Option<Stickiness>, FlagError> {
@@ -171,10 +169,7 @@ pub(crate) fn compile_constraint(v: &Value, at: &str) -> Result<Constraint, Flag
             Test::Text { kind, values, case_insensitive }
         }
         Op::NumEq | Op::NumGt | Op::NumGte | Op::NumLt | Op::NumLte => {
-            let value = obj["value"]
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .ok_or(FlagError::NotANumber { at: at.into(), op: op.name() })?;
+            let value = obj["value"].as_f64().filter(|x| x.is_finite()).ok_or(FlagError::NotANumber { at: at.into(), op: op.name() })?;
             Test::Num { cmp: op.comparison(), value }
         }
         Op::SemverEq | Op::SemverGt | Op::SemverGte | Op::SemverLt | Op::SemverLte => {
@@ -182,11 +177,8 @@ pub(crate) fn compile_constraint(v: &Value, at: &str) -> Result<Constraint, Flag
                 Value::String(s) => s.as_str(),
                 _ => return Err(FlagError::WrongType { at: at.into(), key: "value", expected: "a semver string" }),
             };
-            let s = Semver::parse(text).ok_or_else(|| FlagError::InvalidSemver {
-                at: at.into(),
-                op: op.name(),
-                value: text.to_string(),
-            })?;
+            let s =
+                Semver::parse(text).ok_or_else(|| FlagError::InvalidSemver { at: at.into(), op: op.name(), value: text.to_string() })?;
             let value = OwnedSemver { major: s.major, minor: s.minor, patch: s.patch, pre: s.pre.to_string() };
             Test::Semver { cmp: op.comparison(), value }
         }
@@ -245,8 +237,7 @@ pub(crate) fn compile_variants(
                 let oat = format!("{at} override {}", j + 1);
                 let oobj = object(o, &oat)?;
                 check_keys(oobj, &oat, &["attribute", "values"])?;
-                let attr = non_empty_string(oobj, &oat, "attribute")?
-                    .ok_or(FlagError::MissingKey { at: oat.clone(), key: "attribute" })?;
+                let attr = non_empty_string(oobj, &oat, "attribute")?.ok_or(FlagError::MissingKey { at: oat.clone(), key: "attribute" })?;
                 overrides.push((Attr::new(attr), text_list(oobj, &oat, "values")?));
             }
         }

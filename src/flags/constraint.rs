@@ -128,10 +128,23 @@ pub(crate) enum StrKind {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Test {
     /// Sorted and deduplicated for a binary search, or lower-cased for a scan.
-    Member { values: Vec<String>, case_insensitive: bool },
-    Text { kind: StrKind, values: Vec<String>, case_insensitive: bool },
-    Num { cmp: Cmp, value: f64 },
-    Semver { cmp: Cmp, value: OwnedSemver },
+    Member {
+        values: Vec<String>,
+        case_insensitive: bool,
+    },
+    Text {
+        kind: StrKind,
+        values: Vec<String>,
+        case_insensitive: bool,
+    },
+    Num {
+        cmp: Cmp,
+        value: f64,
+    },
+    Semver {
+        cmp: Cmp,
+        value: OwnedSemver,
+    },
 }
 
 /// A validated constraint.
@@ -211,10 +224,9 @@ impl Constraint {
                     }
                 })
             }),
-            Test::Num { cmp, value: rhs } => value
-                .and_then(ContextValue::as_f64)
-                .and_then(|x| x.partial_cmp(rhs))
-                .is_some_and(|o| cmp.holds(o)),
+            Test::Num { cmp, value: rhs } => {
+                value.and_then(ContextValue::as_f64).and_then(|x| x.partial_cmp(rhs)).is_some_and(|o| cmp.holds(o))
+            }
             Test::Semver { cmp, value: rhs } => value.is_some_and(|v| match v {
                 ContextValue::Str(s) => Semver::parse(s).is_some_and(|x| cmp.holds(x.precedence(&rhs.view()))),
                 _ => false,

@@ -310,11 +310,8 @@ impl CompiledFlag {
         check_keys(obj, at, &["description", "environments", "kill_switch", "rules", "variants"])?;
         let description = opt_string(obj, at, "description")?.map(str::to_string);
         let envs = obj.get("environments").ok_or(FlagError::MissingKey { at: at.into(), key: "environments" })?;
-        let envs_type = || FlagError::WrongType {
-            at: at.into(),
-            key: "environments",
-            expected: "an object of environment names to booleans",
-        };
+        let envs_type =
+            || FlagError::WrongType { at: at.into(), key: "environments", expected: "an object of environment names to booleans" };
         let envs = envs.as_object().ok_or_else(envs_type)?;
         let mut environments = [false; 3];
         for (name, on) in envs {

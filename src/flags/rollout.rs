@@ -108,9 +108,8 @@ impl Variants {
     pub(crate) fn pick<C: Context + ?Sized>(&self, ctx: &C) -> Pick {
         if self.has_overrides {
             for (i, v) in self.variants.iter().enumerate() {
-                let hit = v.overrides.iter().any(|(attr, values)| {
-                    attr.get(ctx).is_some_and(|x| x.with_text(|s| values.iter().any(|y| y == s)))
-                });
+                let hit =
+                    v.overrides.iter().any(|(attr, values)| attr.get(ctx).is_some_and(|x| x.with_text(|s| values.iter().any(|y| y == s))));
                 if hit {
                     return Pick::Override(i);
                 }

@@ -87,11 +87,12 @@ fn flags_oid() -> u32 {
     }
     // a failed read is 0: looked up again at the next call, and a flag change then clears the
     // whole cache (any relcache invalidation does while the oid is unknown)
-    let oid = crate::spi::pinned(|| crate::spi::read_one::<pg_sys::Oid>("select pg_catalog.to_regclass('quantops.flags')::pg_catalog.oid", &[]))
-        .ok()
-        .flatten()
-        .map(|o| o.to_u32())
-        .unwrap_or(0);
+    let oid =
+        crate::spi::pinned(|| crate::spi::read_one::<pg_sys::Oid>("select pg_catalog.to_regclass('quantops.flags')::pg_catalog.oid", &[]))
+            .ok()
+            .flatten()
+            .map(|o| o.to_u32())
+            .unwrap_or(0);
     FLAGS_OID.with(|c| c.set(oid));
     oid
 }
@@ -104,10 +105,7 @@ fn flags_oid() -> u32 {
 /// flag_enabled.
 fn load(key: &str) -> Result<Option<Rc<CompiledFlag>>, LoadError> {
     let def = crate::spi::as_owner(|| {
-        crate::spi::read_one::<JsonB>(
-            "select f.definition from quantops.flags f where f.key operator(pg_catalog.=) $1",
-            &[key.into()],
-        )
+        crate::spi::read_one::<JsonB>("select f.definition from quantops.flags f where f.key operator(pg_catalog.=) $1", &[key.into()])
     })
     .and_then(|r| r)
     .map_err(|e| LoadError::Read(e.to_string()))?;
@@ -282,7 +280,15 @@ struct Resolution {
 
 fn error_resolution(code: ErrorCode, message: String) -> Resolution {
     let e = Evaluation::error(code, false);
-    Resolution { value: e.value, variant: None, payload: None, reason: e.reason.as_str(), code: e.error_code.map(|c| c.as_str()), message: Some(message), rule: None }
+    Resolution {
+        value: e.value,
+        variant: None,
+        payload: None,
+        reason: e.reason.as_str(),
+        code: e.error_code.map(|c| c.as_str()),
+        message: Some(message),
+        rule: None,
+    }
 }
 
 impl Resolution {
@@ -332,18 +338,21 @@ fn evaluate_flag(
     fcinfo: pg_sys::FunctionCallInfo,
     key: Option<&str>,
     context: default!(Option<JsonB>, "'{}'"),
-) -> Result<TableIterator<
-    'static,
-    (
-        name!(value, bool),
-        name!(variant, Option<String>),
-        name!(payload, Option<JsonB>),
-        name!(reason, String),
-        name!(error_code, Option<String>),
-        name!(error_message, Option<String>),
-        name!(rule, Option<i32>),
-    ),
->, ErrorReport> {
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(value, bool),
+            name!(variant, Option<String>),
+            name!(payload, Option<JsonB>),
+            name!(reason, String),
+            name!(error_code, Option<String>),
+            name!(error_message, Option<String>),
+            name!(rule, Option<i32>),
+        ),
+    >,
+    ErrorReport,
+> {
     let key = key.unwrap_or("");
     let r = unsafe { resolve_arg(key, fcinfo, 1) };
     let rate = gucs::flag_exposure_sample();
@@ -369,14 +378,7 @@ fn log_exposure(key: &str, r: &Resolution, ctx: Value) -> Result<(), ErrorReport
         Spi::run_with_args(
             "insert into quantops.flag_exposures (flag_key, environment, value, variant, reason, context) \
              values ($1, $2, $3, $4, $5, $6)",
-            &[
-                key.into(),
-                environment().name().into(),
-                r.value.into(),
-                r.variant.clone().into(),
-                r.reason.into(),
-                JsonB(ctx).into(),
-            ],
+            &[key.into(), environment().name().into(), r.value.into(), r.variant.clone().into(), r.reason.into(), JsonB(ctx).into()],
         )
     })
     .and_then(|x| x)
@@ -421,7 +423,8 @@ fn require_flag(
         (Some(c), Some(m)) => format!("{} ({c}: {m})", r.reason),
         _ => r.reason.to_string(),
     };
-    Err(GateError::Off { key: key.to_string(), for_: if who.is_empty() { String::new() } else { format!(" for {who}") }, reason: why }.into())
+    Err(GateError::Off { key: key.to_string(), for_: if who.is_empty() { String::new() } else { format!(" for {who}") }, reason: why }
+        .into())
 }
 pgrx::extension_sql!(
     "insert into quantops.routine_grants (routine, tier) values ('quantops.require_flag(text, jsonb)', 'anon');",

@@ -115,10 +115,13 @@ pub fn prepare(v: &mut [f32], metric: Metric) {
 }
 
 fn l2sq(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| {
-        let d = *x as f64 - *y as f64;
-        d * d
-    }).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = *x as f64 - *y as f64;
+            d * d
+        })
+        .sum()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {

@@ -50,9 +50,14 @@ impl SqlError for IvfError {
     fn hint(&self) -> Option<String> {
         match self {
             IvfError::NotConfigured => Some("run quantops.configure(dims => ...) to build it".into()),
-            IvfError::NoIvfflat(_) => Some("create one: create index on <table> using ivfflat (<column> vector_cosine_ops) with (lists = ...)".into()),
+            IvfError::NoIvfflat(_) => {
+                Some("create one: create index on <table> using ivfflat (<column> vector_cosine_ops) with (lists = ...)".into())
+            }
             IvfError::Invalid(_) => Some("a failed concurrent build leaves an invalid index; quantops.maintain_index() drops it".into()),
-            IvfError::NotOwner(_) => Some("the quantops worker rebuilds an index as a superuser, so it does so only for the table's owner, as REINDEX requires".into()),
+            IvfError::NotOwner(_) => Some(
+                "the quantops worker rebuilds an index as a superuser, so it does so only for the table's owner, as REINDEX requires"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -99,7 +99,6 @@ pgrx::extension_sql!(
     requires = [configure]
 );
 
-
 /// The index's state without sampling (quantops' own index): what every prune run records before
 /// and after. Null when there is no index yet.
 #[pg_extern(security_definer, name = "_index_state")]
@@ -222,8 +221,7 @@ mod tests {
 
     #[pg_test]
     fn configure_sets_dims_and_builds_the_index() {
-        let lists: Option<i32> =
-            Spi::get_one("select (quantops.configure(dims => 4, lists => 3, metric => 'l2')->>'lists')::int").unwrap();
+        let lists: Option<i32> = Spi::get_one("select (quantops.configure(dims => 4, lists => 3, metric => 'l2')->>'lists')::int").unwrap();
         assert_eq!(lists, Some(3));
         let typ: Option<String> = Spi::get_one(
             "select format_type(atttypid, atttypmod) from pg_attribute \

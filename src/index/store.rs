@@ -2,15 +2,14 @@
 //! sample assigned to them, recall against exact search on demand), record it, decide whether
 //! it needs a rebuild, and queue the rebuild for the worker; and the maintain-index job.
 
-use super::core::{self as ivf, Measured, Thresholds};
 use super::config::{recommended_lists, Metric};
+use super::core::{self as ivf, Measured, Thresholds};
 use super::error::IvfError;
 use crate::schedule::JobOutcome;
 use crate::spi::{quote_ident, ReportError};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
-
 
 /// An IVFFlat index and what it indexes.
 #[derive(Debug, Clone)]
@@ -67,9 +66,7 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
         "i" if am.as_deref() == Some("ivfflat") => oid,
         "i" => return Err(IvfError::NotIvfflat(relname)),
         // a partitioned index or table has no pages of its own: each partition has its index
-        "I" | "p" => {
-            return Err(IvfError::Unsupported(relname, "it is partitioned; name the IVFFlat index of one partition".into()))
-        }
+        "I" | "p" => return Err(IvfError::Unsupported(relname, "it is partitioned; name the IVFFlat index of one partition".into())),
         "r" | "m" => crate::spi::read_one::<pg_sys::Oid>(
             "select i.indexrelid from pg_catalog.pg_index i join pg_catalog.pg_class c on c.oid = i.indexrelid \
              join pg_catalog.pg_am am on am.oid = c.relam \
@@ -132,7 +129,12 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
         "vector_l2_ops" => Metric::L2,
         "vector_cosine_ops" => Metric::Cosine,
         "vector_ip_ops" => Metric::InnerProduct,
-        other => return Err(IvfError::Unsupported(iname, format!("operator class {other} (vector_l2_ops, vector_cosine_ops, vector_ip_ops are)"))),
+        other => {
+            return Err(IvfError::Unsupported(
+                iname,
+                format!("operator class {other} (vector_l2_ops, vector_cosine_ops, vector_ip_ops are)"),
+            ))
+        }
     };
     // the caller (not the definer: the role the call came from) must be allowed to read the table
     let allowed = crate::spi::read_one::<bool>(
@@ -182,7 +184,13 @@ unsafe fn with_index_blocks<R>(oid: pg_sys::Oid, f: impl FnOnce(&dyn Fn(u32) -> 
     let rel = pg_sys::index_open(oid, lock);
     let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
     let read = |blk: u32| -> Vec<u8> {
-        let buf = pg_sys::ReadBufferExtended(rel, pg_sys::ForkNumber::MAIN_FORKNUM, blk, pg_sys::ReadBufferMode::RBM_NORMAL, std::ptr::null_mut());
+        let buf = pg_sys::ReadBufferExtended(
+            rel,
+            pg_sys::ForkNumber::MAIN_FORKNUM,
+            blk,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            std::ptr::null_mut(),
+        );
         pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
         let page = pg_sys::BufferGetPage(buf) as *const u8;
         let bytes = std::slice::from_raw_parts(page, pg_sys::BLCKSZ as usize).to_vec();
@@ -195,20 +203,26 @@ unsafe fn with_index_blocks<R>(oid: pg_sys::Oid, f: impl FnOnce(&dyn Fn(u32) -> 
 }
 
 unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
-    with_index_blocks(oid, |read, nblocks| if nblocks < 2 {
-        Err(format!("it has {nblocks} pages"))
-    } else {
-        let meta = read(ivf::METAPAGE_BLKNO);
-        let mut dir = Vec::new();
-        let mut blk = ivf::HEAD_BLKNO;
-        while blk != ivf::INVALID_BLOCK && blk < nblocks && dir.len() <= nblocks as usize {
-            let p = read(blk);
-            let special = u16::from_le_bytes([p[16], p[17]]) as usize;
-            let next = if special + 4 <= p.len() { u32::from_le_bytes([p[special], p[special + 1], p[special + 2], p[special + 3]]) } else { ivf::INVALID_BLOCK };
-            dir.push(p);
-            blk = next;
+    with_index_blocks(oid, |read, nblocks| {
+        if nblocks < 2 {
+            Err(format!("it has {nblocks} pages"))
+        } else {
+            let meta = read(ivf::METAPAGE_BLKNO);
+            let mut dir = Vec::new();
+            let mut blk = ivf::HEAD_BLKNO;
+            while blk != ivf::INVALID_BLOCK && blk < nblocks && dir.len() <= nblocks as usize {
+                let p = read(blk);
+                let special = u16::from_le_bytes([p[16], p[17]]) as usize;
+                let next = if special + 4 <= p.len() {
+                    u32::from_le_bytes([p[special], p[special + 1], p[special + 2], p[special + 3]])
+                } else {
+                    ivf::INVALID_BLOCK
+                };
+                dir.push(p);
+                blk = next;
+            }
+            Ok((meta, dir))
         }
-        Ok((meta, dir))
     })
 }
 
@@ -224,10 +238,8 @@ fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
     }
     let pct = if rows <= 0 { 100.0 } else { (100.0 * (n as f64) * 1.2 / rows as f64).min(100.0) };
     let col = quote_ident(&t.column);
-    let sql = format!(
-        "select ctid::text, {col}::real[] from {} tablesample bernoulli ($1) repeatable ($2) where {col} is not null",
-        t.table_sql
-    );
+    let sql =
+        format!("select ctid::text, {col}::real[] from {} tablesample bernoulli ($1) repeatable ($2) where {col} is not null", t.table_sql);
     let all: Vec<(String, Vec<f32>)> = Spi::connect(|c| {
         let tab = c
             .select(&sql, None, &[pct.into(), (seed as f64).into()])
@@ -346,13 +358,27 @@ pub fn measure(t: &Target, o: &Options) -> Result<Value, IvfError> {
     // an index quantops never saw gets a reference k-means on half the sample, judged on the other
     let (base, source, rows_at_build, churn, ins_since, del_since, bal_base) = match baseline(t) {
         Some((b, rab, ib, db, method, bb)) => {
-            let ins_since = match (ins, ib) { (Some(a), Some(b)) if a >= b => Some(a - b), _ => None };
-            let del_since = match (del, db) { (Some(a), Some(b)) if a >= b => Some(a - b), _ => None };
+            let ins_since = match (ins, ib) {
+                (Some(a), Some(b)) if a >= b => Some(a - b),
+                _ => None,
+            };
+            let del_since = match (del, db) {
+                (Some(a), Some(b)) if a >= b => Some(a - b),
+                _ => None,
+            };
             let churn = match (ins_since, del_since, rab) {
                 (Some(i), Some(d), Some(r)) if r > 0 => Some((i + d) as f64 / r as f64),
                 _ => None,
             };
-            (b, if method == "observed" { "reference k-means when first seen".to_string() } else { "measured after build".to_string() }, rab, churn, ins_since, del_since, bb)
+            (
+                b,
+                if method == "observed" { "reference k-means when first seen".to_string() } else { "measured after build".to_string() },
+                rab,
+                churn,
+                ins_since,
+                del_since,
+                bb,
+            )
         }
         None => {
             // fitted like pgvector fits (50 rows per list), judged on the health sample
@@ -374,14 +400,26 @@ pub fn measure(t: &Target, o: &Options) -> Result<Value, IvfError> {
                        rows_at_build, tup_ins_at_build, tup_del_at_build, mean_distance_at_build, balance_at_build, reasons) \
                      values ($1, $2, 'observed', 'observed', $3, pg_catalog.now(), pg_catalog.now(), $4, $5, $6, $7, $8, \
                        '[\"first seen by quantops: drift is measured against a reference k-means of a sample\"]')",
-                    &[t.key().into(), t.relfilenode.into(), (meta.lists as i32).into(), rows.into(), ins.into(), del.into(), reference.into(), ref_balance.into()],
+                    &[
+                        t.key().into(),
+                        t.relfilenode.into(),
+                        (meta.lists as i32).into(),
+                        rows.into(),
+                        ins.into(),
+                        del.into(),
+                        reference.into(),
+                        ref_balance.into(),
+                    ],
                 );
             }
             (reference, "reference k-means when first seen".to_string(), Some(rows), Some(0.0), Some(0), Some(0), ref_balance)
         }
     };
     let drift = if base > 0.0 && a.mean_distance.is_finite() { a.mean_distance / base } else { f64::NAN };
-    let growth = match bal_base { Some(b) if b > 0.0 && bal.is_finite() => Some(bal / b), _ => None };
+    let growth = match bal_base {
+        Some(b) if b > 0.0 && bal.is_finite() => Some(bal / b),
+        _ => None,
+    };
     let measured = Measured { rows, lists: meta.lists as i32, balance: bal, balance_growth: growth, drift, churn };
     let decision = ivf::decide(&measured, &th);
     let lop = ivf::lopsided(&a.counts);
@@ -492,7 +530,6 @@ unsafe fn read_pages_meta(oid: pg_sys::Oid) -> Result<Vec<u8>, String> {
     with_index_blocks(oid, |read, nblocks| if nblocks < 1 { Err("it has no pages".to_string()) } else { Ok(read(ivf::METAPAGE_BLKNO)) })
 }
 
-
 /// Mean distance of a sample to the index's centers and the balance: the baseline of a build
 /// just made (None where there are no rows to measure).
 pub fn build_baseline(t: &Target, centers: &[Vec<f32>], rows: i64) -> (Option<f64>, Option<f64>) {
@@ -588,7 +625,11 @@ fn measure_recall(t: &Target, smp: &[(String, Vec<f32>)], k: i32, queries: i32, 
             .zip(&truth)
             .map(|(q, tr)| {
                 let found = search(q);
-                if tr.is_empty() { 1.0 } else { tr.iter().filter(|x| found.contains(x)).count() as f64 / tr.len() as f64 }
+                if tr.is_empty() {
+                    1.0
+                } else {
+                    tr.iter().filter(|x| found.contains(x)).count() as f64 / tr.len() as f64
+                }
             })
             .collect();
         ivf::recall_stats(&per)
@@ -618,7 +659,6 @@ fn measure_recall(t: &Target, smp: &[(String, Vec<f32>)], k: i32, queries: i32, 
         "ladder": ladder,
     }))
 }
-
 
 /// The statements a rebuild runs, in order (each a top-level statement).
 pub fn plan_statements(t: &Target, lists: i32, current_lists: i32) -> (String, Vec<String>) {
@@ -742,18 +782,17 @@ pub fn plan(t: &Target, force: bool, dry_run: bool, by: &str) -> Result<Value, I
     Ok(out)
 }
 
-
 /// The `maintain-index` job from SQL (`run_job`): measure and queue; the worker runs the rebuild.
 pub fn sql_job() -> Result<JobOutcome, String> {
-            let t = match resolve(None) {
-                Ok(t) => t,
-                Err(IvfError::NotConfigured) => {
-                    return Ok(JobOutcome { rows: 0, details: json!({ "skipped": "quantops has no IVFFlat index yet" }) })
-                }
-                Err(e) => return Err(e.to_string()),
-            };
-            let p = plan(&t, false, false, "job").map_err(|e| e.to_string())?;
-            Ok(JobOutcome { rows: 0, details: summarize_plan(p) })
+    let t = match resolve(None) {
+        Ok(t) => t,
+        Err(IvfError::NotConfigured) => {
+            return Ok(JobOutcome { rows: 0, details: json!({ "skipped": "quantops has no IVFFlat index yet" }) })
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let p = plan(&t, false, false, "job").map_err(|e| e.to_string())?;
+    Ok(JobOutcome { rows: 0, details: summarize_plan(p) })
 }
 
 #[cfg(test)]

@@ -154,8 +154,13 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
     }
     // maintenance_work_mem for this session only, never lowered
     let kb = (mem / 1024).max(1024);
-    let cur_kb: i64 = in_transaction(|| Spi::get_one::<i64>("select pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) / 1024").ok().flatten().unwrap_or(65536))
-        .unwrap_or(65536);
+    let cur_kb: i64 = in_transaction(|| {
+        Spi::get_one::<i64>("select pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) / 1024")
+            .ok()
+            .flatten()
+            .unwrap_or(65536)
+    })
+    .unwrap_or(65536);
     let set_mem = (kb as i64) > cur_kb;
     if set_mem {
         toplevel::run(&format!("set maintenance_work_mem = '{kb}kB'"))?;

@@ -185,4 +185,3 @@ mod tests {
         assert!(crate::schedule::find("refresh-embeddings").is_some_and(|j| j.every.is_none()));
     }
 }
-

@@ -16,21 +16,21 @@ pub const SQL_PRUNE_LIMIT: i64 = 50_000;
 
 /// The `prune` job in the caller's transaction.
 pub fn sql_job() -> Result<JobOutcome, String> {
-            Spi::run("select quantops._prune_start(null)").map_err(|e| e.to_string())?;
-            let (mut moved, mut batches) = (0i64, 0i64);
-            while moved < SQL_PRUNE_LIMIT {
-                let b = Spi::get_one_with_args::<JsonB>(
-                    "select quantops.prune_batch(null, $1)",
-                    &[(BATCH as i64).min(SQL_PRUNE_LIMIT - moved).try_into().unwrap_or(1i32).into()],
-                )
-                .map_err(|e| e.to_string())?
-                .map(|j| j.0)
-                .unwrap_or_default();
-                if b["idle"].as_bool().unwrap_or(true) {
-                    break;
-                }
-                moved += b["moved"].as_i64().unwrap_or(0);
-                batches += 1;
-            }
-            Ok(JobOutcome { rows: moved, details: json!({ "moved": moved, "batches": batches, "limit": SQL_PRUNE_LIMIT }) })
+    Spi::run("select quantops._prune_start(null)").map_err(|e| e.to_string())?;
+    let (mut moved, mut batches) = (0i64, 0i64);
+    while moved < SQL_PRUNE_LIMIT {
+        let b = Spi::get_one_with_args::<JsonB>(
+            "select quantops.prune_batch(null, $1)",
+            &[(BATCH as i64).min(SQL_PRUNE_LIMIT - moved).try_into().unwrap_or(1i32).into()],
+        )
+        .map_err(|e| e.to_string())?
+        .map(|j| j.0)
+        .unwrap_or_default();
+        if b["idle"].as_bool().unwrap_or(true) {
+            break;
+        }
+        moved += b["moved"].as_i64().unwrap_or(0);
+        batches += 1;
+    }
+    Ok(JobOutcome { rows: moved, details: json!({ "moved": moved, "batches": batches, "limit": SQL_PRUNE_LIMIT }) })
 }

@@ -96,9 +96,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
     let mut first = true;
     // stopping() first: a wait inside a job (the HTTP step's) may have consumed the latch that
     // SIGTERM set, and the naptime must not be slept through after a stop was asked for
-    while first
-        || (!stopping() && BackgroundWorker::wait_latch(Some(gucs::naptime())) && !stopping())
-    {
+    while first || (!stopping() && BackgroundWorker::wait_latch(Some(gucs::naptime())) && !stopping()) {
         first = false;
         reload_if_asked();
         if stopping() {

@@ -16,9 +16,7 @@ pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Res
     let r = PgTryBuilder::new(move || Ok(f()))
         .catch_others(|e| {
             Err(match e {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    r.message().to_string()
-                }
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
                 pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
             })
         })

@@ -18,9 +18,8 @@ pub fn port() -> u16 {
 /// The test cluster's folder (its log, files the server must read): QUANTOPS_CLUSTER_DIR, else
 /// the major's default (scripts/pg.sh).
 pub fn cluster_dir() -> String {
-    std::env::var("QUANTOPS_CLUSTER_DIR").unwrap_or_else(|_| {
-        format!("{}/{}", env!("CARGO_MANIFEST_DIR"), if major() == 17 { ".cluster17" } else { ".cluster" })
-    })
+    std::env::var("QUANTOPS_CLUSTER_DIR")
+        .unwrap_or_else(|_| format!("{}/{}", env!("CARGO_MANIFEST_DIR"), if major() == 17 { ".cluster17" } else { ".cluster" }))
 }
 
 /// Connects, waiting up to 30 s while the server restarts (after a kill -9 the postmaster resets
@@ -104,11 +103,9 @@ pub fn request_on(port: u16, who: &Who, sql: &str, params: &[&(dyn postgres::typ
         Who::Postgres => {}
         Who::Anon => set_claims(&mut tx, "anon", r#"{"role":"anon"}"#)?,
         Who::ServiceRole => set_claims(&mut tx, "service_role", r#"{"role":"service_role"}"#)?,
-        Who::User(sub) => set_claims(
-            &mut tx,
-            "authenticated",
-            &format!(r#"{{"sub":"{sub}","role":"authenticated","aud":"authenticated"}}"#),
-        )?,
+        Who::User(sub) => {
+            set_claims(&mut tx, "authenticated", &format!(r#"{{"sub":"{sub}","role":"authenticated","aud":"authenticated"}}"#))?
+        }
     }
     let rows = tx.query(sql, params)?;
     tx.commit()?;
