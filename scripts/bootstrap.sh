@@ -51,7 +51,12 @@ else
   log "pgvector present"
 fi
 
-# 3. cargo-pgrx and its init ------------------------------------------------------------------
+# 3. cargo-pgrx and its init; rustfmt and clippy for the lint step ---------------------------
+if command -v rustup >/dev/null && ! { rustup component list --installed 2>/dev/null | grep -q '^clippy' \
+     && rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; }; then
+  log "adding rustfmt and clippy"
+  rustup component add rustfmt clippy >/dev/null
+fi
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   log "installing cargo-pgrx $PGRX_VERSION (about 4 minutes)"
   cargo install cargo-pgrx --version $PGRX_VERSION --locked --quiet

@@ -8,6 +8,7 @@
 #   tier 3    pg_regress, in the Supabase and the plain shape
 #   upgrade   the release discipline, and ALTER EXTENSION UPDATE from the last release with data
 #   tier 4    integration tests through a real client, as PostgREST makes requests
+# First, once: the lint step (cargo fmt --check; cargo clippy -D warnings on every target).
 # Exits non-zero on the first failure; the last lines are the test runners' own summaries. Each
 # tier's time goes to .cache/test-times.txt.
 set -euo pipefail
@@ -26,6 +27,12 @@ tier() { # closes the previous tier's timing and announces the next
 }
 
 bash scripts/bootstrap.sh
+
+now=$(date +%s); echo "bootstrap: $((now - t_last)) s" >> "$TIMES"; t_last=$now; t_name="lint"
+echo "== lint: cargo fmt --check, cargo clippy -D warnings (pg15, every target)"
+cargo fmt --check
+cargo clippy --quiet --features "pg15 integration" --all-targets -- -D warnings
+echo "lint: fmt and clippy clean"
 
 for major in ${QUANTOPS_MAJORS:-15 17}; do
   export QUANTOPS_PG=$major

@@ -46,6 +46,13 @@ pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
     (0..5).map(|i| (((c >> (6 * i)) & 0x3F) as u8 + b'0') as char).collect()
 }
 
+/// Raises an ERROR with a real SQLSTATE where a function cannot return a `Result` (a helper deep
+/// in a batch, a trigger's callee). The message follows PostgreSQL's style.
+pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
+    ErrorReport::new(code, message.into(), "quantops").report(pgrx::PgLogLevel::ERROR);
+    unreachable!("an ERROR does not return")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,11 +65,4 @@ mod tests {
         assert_eq!(sqlstate_text(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), "55000");
         assert_eq!(sqlstate_text(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED), "22004");
     }
-}
-
-/// Raises an ERROR with a real SQLSTATE where a function cannot return a `Result` (a helper deep
-/// in a batch, a trigger's callee). The message follows PostgreSQL's style.
-pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
-    ErrorReport::new(code, message.into(), "quantops").report(pgrx::PgLogLevel::ERROR);
-    unreachable!("an ERROR does not return")
 }

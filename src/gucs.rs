@@ -84,6 +84,7 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    // SAFETY: _PG_init, on the main thread, after the GUCs above are defined
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"quantops".as_ptr()) };
 }
 

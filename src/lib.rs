@@ -4,6 +4,14 @@
 //! (core.rs pure, store.rs its SPI, sql.rs its `#[pg_extern]` surface, worker.rs where it has
 //! one); the scheduler worker (workers/) is the top and reads the job registry.
 
+// Every unsafe operation sits in an `unsafe` block with a `// SAFETY:` line saying why it holds.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+// A #[pg_extern] returns pgrx's ErrorReport on error: large by design, and built once per error.
+#![allow(clippy::result_large_err)]
+// SQL rows read as tuples and #[pg_extern] TableIterator signatures are the types clippy calls complex.
+#![allow(clippy::type_complexity)]
+
 pgrx::pg_module_magic!(name, version);
 
 pub mod audit;
@@ -42,6 +50,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     schedule::register(CAPABILITIES);
+    // SAFETY: a backend global that PostgreSQL sets before it loads preloaded libraries
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         workers::register();
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 /// The scheduler's pid, in shared memory, so any backend can set its latch.
+// SAFETY: the name is unique to quantops and the atomic is only reached through pg_shmem_init!
 static SCHEDULER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_scheduler_pid") };
 
 /// True in every process of a server that loaded quantops through shared_preload_libraries
@@ -36,6 +37,7 @@ pub fn set_scheduler_pid(pid: i32) {
 /// `BackgroundWorker::sigterm_received()`, which clears the flag it reads: a check deep in a job
 /// must never swallow the request the main loop needs to see.
 pub fn stopping() -> bool {
+    // SAFETY: a sig_atomic_t that the SIGTERM handler sets; a volatile read of a process global
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
 }
 
@@ -63,6 +65,8 @@ pub fn wake_now() {
     if pid <= 0 {
         return;
     }
+    // SAFETY: BackendPidGetProc returns the PGPROC of a live backend or null (checked); setting
+    // its latch is what PostgreSQL does to wake a process
     unsafe {
         let proc_ = pg_sys::BackendPidGetProc(pid);
         if !proc_.is_null() {

@@ -41,26 +41,6 @@ pub fn vector_schema() -> Option<String> {
     .map(|s| quote_ident(&s))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_always_quoted() {
-        assert_eq!(quote_ident("extensions"), "\"extensions\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("x\"; drop table t; --"), "\"x\"\"; drop table t; --\"");
-        assert_eq!(quote_ident(""), "\"\"");
-    }
-
-    #[test]
-    fn literals_are_always_quoted() {
-        assert_eq!(quote_literal("200"), "'200'");
-        assert_eq!(quote_literal("a'b"), "'a''b'");
-        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
-    }
-}
-
 /// Runs one of quantops' own fixed statements. A PostgreSQL ERROR inside it propagates with its
 /// own SQLSTATE (pgrx turns it into a panic that unwinds to the function boundary). SPI returns an
 /// error value only when it is misused (not connected, a wrong argument count, a statement type
@@ -149,6 +129,8 @@ pub fn as_role<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // and one guard restores both (in the reverse order) on every path.
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut ctx) };
     let _restore = Restore { nest: pin_search_path(), user: Some((user, ctx)) };
+    // SAFETY: as above: the path is pinned and the guard restores the user; SetUserIdAndSecContext
+    // only switches the ids this backend checks privileges with
     unsafe {
         pg_sys::SetUserIdAndSecContext(owner, ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32);
     }
@@ -278,4 +260,24 @@ pub fn require_primary(function: &str) -> Result<(), pgrx::pg_sys::panic::ErrorR
         .set_hint("call it on the primary; a replica serves quantops' reads (docs/replicas.md)"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_always_quoted() {
+        assert_eq!(quote_ident("extensions"), "\"extensions\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("x\"; drop table t; --"), "\"x\"\"; drop table t; --\"");
+        assert_eq!(quote_ident(""), "\"\"");
+    }
+
+    #[test]
+    fn literals_are_always_quoted() {
+        assert_eq!(quote_literal("200"), "'200'");
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 /// Blocks every signal in the calling thread (a thread we started, never the backend's).
 pub fn block_signals() {
+    // SAFETY: a zeroed sigset_t filled by sigfillset, applied to the calling thread only
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
@@ -72,6 +73,7 @@ pub fn pipeline_pool() -> Result<&'static rayon::ThreadPool, String> {
 #[cfg(test)]
 mod tests {
     fn blocked(sig: libc::c_int) -> bool {
+        // SAFETY: reads the calling thread's own signal mask into a zeroed set
         unsafe {
             let mut cur: libc::sigset_t = std::mem::zeroed();
             libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);

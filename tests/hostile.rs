@@ -12,6 +12,7 @@
 //!   * the answer (or the SQLSTATE) of every stable or immutable function is the same as in a
 //!     clean session; a volatile one fails or succeeds the same way;
 //!   * anything anon may execute writes nothing.
+//!
 //! On the code before issue 11 (5499203) the owner's read of a flag ran the caller's `=`.
 
 mod common;

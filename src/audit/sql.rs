@@ -79,6 +79,7 @@ fn check_name(what: &'static str, v: Option<&str>) -> Result<String, AuditError>
     Ok(t.to_string())
 }
 
+#[allow(clippy::too_many_arguments)] // the SQL function's arguments
 fn pair(
     kind: &'static str,
     stream: &'static str,

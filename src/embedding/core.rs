@@ -409,7 +409,7 @@ pub fn embed_one(e: &Embedder, row: &SignalInput, projection: Option<&[f32]>) ->
             let mean = s.iter().sum::<f64>() / n;
             let var = s.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
             let sd = var.sqrt();
-            if !(sd > 0.0) || !sd.is_finite() {
+            if sd.is_nan() || sd <= 0.0 || sd.is_infinite() {
                 return Err(RowError::Permanent("the series is constant: it has no shape to embed".into()));
             }
             let z: Vec<f64> = s.iter().map(|x| (x - mean) / sd).collect();
@@ -692,7 +692,7 @@ mod tests {
         assert_eq!(v.len(), 16);
         // 9 tokens: "breakout above the 50d high volume surge" (7) + tag=long, tag=momentum
         let nonzero = v.iter().filter(|x| **x != 0.0).count();
-        assert!(nonzero >= 1 && nonzero <= 9);
+        assert!((1..=9).contains(&nonzero));
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-6);
         let b = (murmur3_32(b"breakout", 3) as usize) % 16;

@@ -39,7 +39,7 @@ fn register_embedder(
         }
         .into());
     }
-    if params.to_string().contains("api_key\"") && !params.get("api_key_secret").is_some() {
+    if params.to_string().contains("api_key\"") && params.get("api_key_secret").is_none() {
         return Err(EmbeddingError::Argument { what: "params", why: "an API key never goes into a readable table".into() }.into());
     }
     let parsed = Embedder::parse(name, 1, kind, dims, &params).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
@@ -110,6 +110,7 @@ pgrx::extension_sql!(
 );
 
 /// The input hash of a row under an embedder: what `input_hash` holds once the row is embedded.
+#[allow(clippy::too_many_arguments)] // the SQL function's arguments
 #[pg_extern(stable, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn embedding_input_hash(

@@ -129,6 +129,8 @@ pub fn vector_type() -> VectorType {
 
 /// A `vector[]` argument for SPI, copied into the current memory context.
 pub fn vector_array_datum<'a>(vt: &VectorType, bytes: &[u8]) -> DatumWithOid<'a> {
+    // SAFETY: palloc returns `bytes.len()` writable bytes in the current memory context; the copy
+    // fills them, and the datum points at them for as long as that context lives (the statement)
     unsafe {
         let p = pg_sys::palloc(bytes.len()) as *mut u8;
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
@@ -148,6 +150,8 @@ impl FromDatum for JsonbBytes {
         if is_null {
             return None;
         }
+        // SAFETY: a non-null jsonb datum (checked above); detoasting yields a whole varlena of
+        // varsize bytes, copied out before anything can free it
         unsafe {
             let v = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
             let size = pgrx::varsize(v);
@@ -158,6 +162,7 @@ impl FromDatum for JsonbBytes {
 
 impl IntoDatum for JsonbBytes {
     fn into_datum(self) -> Option<pg_sys::Datum> {
+        // SAFETY: palloc returns len writable bytes in the current memory context, filled by the copy
         unsafe {
             let p = pg_sys::palloc(self.0.len()) as *mut u8;
             std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, self.0.len());
@@ -172,9 +177,12 @@ impl IntoDatum for JsonbBytes {
 
 pgrx::impl_sql_translatable!(JsonbBytes, arg_only = "jsonb");
 
+// SAFETY: unbox_arg_unchecked reads the argument only through FromDatum above, which checks
+// for NULL and copies what it reads
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbBytes {
     unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
+        // SAFETY: pgrx calls this with an argument of this call, declared jsonb
         unsafe { arg.unbox_arg_using_from_datum().unwrap_or_else(|| panic!("argument {index} must not be null")) }
     }
 }

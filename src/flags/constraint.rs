@@ -204,7 +204,7 @@ impl Constraint {
                             values.iter().any(|x| s.as_bytes().eq_ignore_ascii_case(x.as_bytes()))
                         } else {
                             let lower = s.to_lowercase();
-                            values.iter().any(|x| *x == lower)
+                            values.contains(&lower)
                         }
                     })
                 });

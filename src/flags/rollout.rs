@@ -56,6 +56,7 @@ impl Rollout {
 
     /// Is the context inside the rollout?
     #[inline]
+    #[allow(clippy::int_plus_one)] // Unleash's formula as Unleash writes it: bucket % 100 + 1 <= percentage
     pub fn includes<C: Context + ?Sized>(&self, ctx: &C) -> bool {
         if self.percentage == 0 {
             return false;

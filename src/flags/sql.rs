@@ -75,6 +75,8 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 
 fn ensure_callback() {
     if !CALLBACK_REGISTERED.with(|c| c.get()) {
+        // SAFETY: a backend's main thread; the callback is a plain function that lives as long as
+        // the library, and registering once per backend is what the flag below ensures
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize)) };
         CALLBACK_REGISTERED.with(|c| c.set(true));
     }
@@ -182,10 +184,14 @@ impl JsonbContext {
     /// # Safety
     /// `datum` is a jsonb datum that outlives the context (the function call's arguments).
     unsafe fn new(datum: pg_sys::Datum) -> JsonbContext {
-        let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
-        let root = &raw mut (*jb).root;
-        // JB_FOBJECT in the container header (a scalar is stored as a one-element array)
-        let object = ((*root).header & pg_sys::JB_FOBJECT) != 0;
+        // SAFETY: the caller passes a live jsonb datum; detoasting returns a pointer to a whole
+        // Jsonb (palloc'd in the call's context or the datum itself), whose root container is read
+        let (root, object) = unsafe {
+            let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+            let root = &raw mut (*jb).root;
+            // JB_FOBJECT in the container header (a scalar is stored as a one-element array)
+            (root, ((*root).header & pg_sys::JB_FOBJECT) != 0)
+        };
         JsonbContext { root, object, texts: std::cell::UnsafeCell::new(Vec::new()) }
     }
 }
@@ -195,6 +201,8 @@ impl Context for JsonbContext {
         if !self.object {
             return None;
         }
+        // SAFETY: `root` points into the call's jsonb argument, alive for the whole call (see new);
+        // the value found is copied out or its text copied into `texts` before it is returned
         unsafe {
             let mut v: pg_sys::JsonbValue = std::mem::zeroed();
             let found = pg_sys::getKeyJsonValueFromContainer(self.root, key.as_ptr().cast(), key.len() as i32, &mut v);
@@ -240,14 +248,20 @@ pub extern "C" fn pg_finfo_quantops_flag_enabled() -> &'static pg_sys::Pg_finfo_
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn quantops_flag_enabled(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let nargs = (*fcinfo).nargs as usize;
-    let args = (*fcinfo).args.as_slice(nargs);
+    // SAFETY: PostgreSQL calls this with a valid fcinfo whose args array holds nargs entries
+    let (nargs, args) = unsafe {
+        let nargs = (*fcinfo).nargs as usize;
+        (nargs, (*fcinfo).args.as_slice(nargs))
+    };
     let out = |b: bool| pg_sys::Datum::from(b);
     if nargs < 1 || args[0].isnull {
         return out(false);
     }
-    let key_ptr = pg_sys::pg_detoast_datum_packed(args[0].value.cast_mut_ptr());
-    let key = pgrx::varlena::text_to_rust_str(key_ptr).unwrap_or("");
+    // SAFETY: argument 0 is a non-null text datum (declared text, checked for null above)
+    let key = unsafe {
+        let key_ptr = pg_sys::pg_detoast_datum_packed(args[0].value.cast_mut_ptr());
+        pgrx::varlena::text_to_rust_str(key_ptr).unwrap_or("")
+    };
     let flag = match lookup(key) {
         Ok(Some(f)) => f,
         _ => return out(false),
@@ -257,7 +271,8 @@ pub unsafe extern "C-unwind" fn quantops_flag_enabled(fcinfo: pg_sys::FunctionCa
         let empty = Map::new();
         return out(flag.evaluate(env, &empty).value);
     }
-    let ctx = JsonbContext::new(args[1].value);
+    // SAFETY: argument 1 is a non-null jsonb datum that outlives this call's evaluation
+    let ctx = unsafe { JsonbContext::new(args[1].value) };
     if !ctx.object {
         return out(false);
     }
@@ -315,13 +330,17 @@ unsafe fn resolve_arg(key: &str, fcinfo: pg_sys::FunctionCallInfo, arg: usize) -
         Err(LoadError::Invalid(err)) => return error_resolution(ErrorCode::ParseError, err.to_string()),
         Err(LoadError::Read(err)) => return error_resolution(ErrorCode::General, err),
     };
-    let nargs = (*fcinfo).nargs as usize;
-    let args = (*fcinfo).args.as_slice(nargs);
+    // SAFETY: the caller passes its own call's fcinfo, whose args array holds nargs entries
+    let (nargs, args) = unsafe {
+        let nargs = (*fcinfo).nargs as usize;
+        (nargs, (*fcinfo).args.as_slice(nargs))
+    };
     let env = environment();
     if arg >= nargs || args[arg].isnull {
         return Resolution::of(flag.evaluate(env, &Map::new()));
     }
-    let ctx = JsonbContext::new(args[arg].value);
+    // SAFETY: argument `arg` is a non-null jsonb datum of this call
+    let ctx = unsafe { JsonbContext::new(args[arg].value) };
     if !ctx.object {
         return error_resolution(ErrorCode::InvalidContext, "context must be a json object".into());
     }
@@ -354,6 +373,7 @@ fn evaluate_flag(
     ErrorReport,
 > {
     let key = key.unwrap_or("");
+    // SAFETY: pgrx hands over this call's own fcinfo; argument 1 is declared jsonb
     let r = unsafe { resolve_arg(key, fcinfo, 1) };
     let rate = gucs::flag_exposure_sample();
     // anon writes nothing, and a read-only transaction (PostgREST's GET, a replica) is not failed
@@ -394,6 +414,7 @@ fn sampled(rate: f64) -> bool {
     let x = SAMPLE_STATE.with(|s| {
         let n = s.get().wrapping_add(1);
         s.set(n);
+        // SAFETY: MyProcPid is set once at backend start and only read here
         crate::hash::splitmix64(unsafe { pg_sys::MyProcPid } as u64, n)
     });
     ((x >> 11) as f64 / (1u64 << 53) as f64) < rate
@@ -409,6 +430,7 @@ fn require_flag(
     context: default!(Option<JsonB>, "'{}'"),
 ) -> Result<bool, ErrorReport> {
     let key = key.unwrap_or("");
+    // SAFETY: pgrx hands over this call's own fcinfo; argument 1 is declared jsonb
     let r = unsafe { resolve_arg(key, fcinfo, 1) };
     if r.value {
         return Ok(true);
@@ -446,6 +468,7 @@ fn flag_check(key: &str, definition: JsonB) -> Result<bool, ErrorReport> {
 fn flags_invalidate() {
     let oid = flags_oid();
     if oid != 0 {
+        // SAFETY: inside a transaction (a trigger calls it); the oid is quantops.flags'
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(pg_sys::Oid::from(oid)) };
     }
 }

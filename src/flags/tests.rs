@@ -1120,6 +1120,7 @@ fn evaluation_is_deterministic() {
 }
 
 #[test]
+#[allow(clippy::int_plus_one)] // Unleash's formula as written
 fn utf8_ids_hash_their_utf8_bytes() {
     // multi-byte user ids and group ids: the key is the UTF-8 bytes of "<group>:<id>"
     for (group, id) in [("Feature.UTF-8.Hellø_Wørld", "Jürgen"), ("😊_φriend_你好_🌍", "用户-42"), ("g", "ß")] {

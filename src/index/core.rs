@@ -398,7 +398,7 @@ pub fn decide(m: &Measured, t: &Thresholds) -> Decision {
 /// 10,000) of MAXALIGNed vectors, the centers several times over, the center-to-center distances;
 /// with a margin.
 pub fn build_memory_bytes(lists: i32, dims: i32, rows: i64) -> u64 {
-    let item = ((8 + 4 * dims as u64) + 7) / 8 * 8;
+    let item = (8 + 4 * dims as u64).div_ceil(8) * 8;
     let samples = ((lists as u64) * 50).max(10_000).min(rows.max(1) as u64);
     let centers = lists as u64 * item;
     let bytes = samples * item + 4 * centers + (lists as u64) * (lists as u64) * 4 + lists as u64 * dims as u64 * 8;
@@ -408,7 +408,7 @@ pub fn build_memory_bytes(lists: i32, dims: i32, rows: i64) -> u64 {
 /// Disk an IVFFlat index of these rows takes (bytes): one index tuple per row (heap pointer and
 /// vector, MAXALIGNed, with its line pointer) at pages filled to 90 %, plus the directory.
 pub fn index_disk_bytes(lists: i32, dims: i32, rows: i64) -> u64 {
-    let tuple = ((8 + 8 + 4 * dims as u64) + 7) / 8 * 8 + 4;
+    let tuple = (8 + 8 + 4 * dims as u64).div_ceil(8) * 8 + 4;
     let data = rows.max(0) as u64 * tuple * 10 / 9;
     data + (lists as u64) * (8192 + 4 * dims as u64) + 8192
 }

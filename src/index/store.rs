@@ -164,7 +164,7 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
 /// The index's metapage and centers, read from its own pages under a share lock per page.
 pub fn read_centers(t: &Target) -> Result<(ivf::Meta, Vec<Vec<f32>>), IvfError> {
     let name = t.key();
-    let pages = unsafe { read_pages(t.index_oid) }.map_err(|e| IvfError::Pages(name.clone(), e))?;
+    let pages = read_pages(t.index_oid).map_err(|e| IvfError::Pages(name.clone(), e))?;
     let meta = ivf::parse_meta(&pages.0).map_err(|e| IvfError::Pages(name.clone(), e.to_string()))?;
     let mut centers = Vec::with_capacity(meta.lists as usize);
     for p in &pages.1 {
@@ -178,31 +178,42 @@ pub fn read_centers(t: &Target) -> Result<(ivf::Meta, Vec<Vec<f32>>), IvfError> 
 }
 
 /// Opens the index with AccessShareLock, hands `f` a reader of its blocks (each copied under a
-/// share lock on its buffer) and the number of blocks, and closes it.
-unsafe fn with_index_blocks<R>(oid: pg_sys::Oid, f: impl FnOnce(&dyn Fn(u32) -> Vec<u8>, u32) -> R) -> R {
+/// share lock on its buffer) and the number of blocks, and closes it. Inside a transaction; an
+/// oid that is not an index, or a block past the end, is a PostgreSQL ERROR (raised, not UB).
+fn with_index_blocks<R>(oid: pg_sys::Oid, f: impl FnOnce(&dyn Fn(u32) -> Vec<u8>, u32) -> R) -> R {
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    let rel = pg_sys::index_open(oid, lock);
-    let nblocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+    // SAFETY: index_open checks the oid (ERROR when it is not an index) and returns an open
+    // relation that stays valid until index_close below
+    let (rel, nblocks) = unsafe {
+        let rel = pg_sys::index_open(oid, lock);
+        (rel, pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM))
+    };
     let read = |blk: u32| -> Vec<u8> {
-        let buf = pg_sys::ReadBufferExtended(
-            rel,
-            pg_sys::ForkNumber::MAIN_FORKNUM,
-            blk,
-            pg_sys::ReadBufferMode::RBM_NORMAL,
-            std::ptr::null_mut(),
-        );
-        pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
-        let page = pg_sys::BufferGetPage(buf) as *const u8;
-        let bytes = std::slice::from_raw_parts(page, pg_sys::BLCKSZ as usize).to_vec();
-        pg_sys::UnlockReleaseBuffer(buf);
-        bytes
+        // SAFETY: `rel` is open; the buffer is pinned and share-locked while its BLCKSZ bytes are
+        // copied, then released; a block past the end is an ERROR of ReadBufferExtended
+        unsafe {
+            let buf = pg_sys::ReadBufferExtended(
+                rel,
+                pg_sys::ForkNumber::MAIN_FORKNUM,
+                blk,
+                pg_sys::ReadBufferMode::RBM_NORMAL,
+                std::ptr::null_mut(),
+            );
+            pg_sys::LockBuffer(buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let page = pg_sys::BufferGetPage(buf) as *const u8;
+            let bytes = std::slice::from_raw_parts(page, pg_sys::BLCKSZ as usize).to_vec();
+            pg_sys::UnlockReleaseBuffer(buf);
+            bytes
+        }
     };
     let r = f(&read, nblocks);
-    pg_sys::index_close(rel, lock);
+    // SAFETY: closes what index_open opened, with the same lock mode (an ERROR in `f` ends the
+    // transaction, which closes it instead)
+    unsafe { pg_sys::index_close(rel, lock) };
     r
 }
 
-unsafe fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+fn read_pages(oid: pg_sys::Oid) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
     with_index_blocks(oid, |read, nblocks| {
         if nblocks < 2 {
             Err(format!("it has {nblocks} pages"))
@@ -487,7 +498,7 @@ pub fn measure(t: &Target, o: &Options) -> Result<Value, IvfError> {
 /// live rows (statistics), lists against the recommendation, churn since the build, and the
 /// balance and drift of the last full measurement (with its time).
 pub fn state(t: &Target) -> Result<Value, IvfError> {
-    let pages = unsafe { read_pages_meta(t.index_oid) }.map_err(|e| IvfError::Pages(t.key(), e))?;
+    let pages = read_pages_meta(t.index_oid).map_err(|e| IvfError::Pages(t.key(), e))?;
     let meta = ivf::parse_meta(&pages).map_err(|e| IvfError::Pages(t.key(), e.to_string()))?;
     let (live, ins, del) = Spi::connect(|c| {
         let tab = c
@@ -526,7 +537,7 @@ pub fn state(t: &Target) -> Result<Value, IvfError> {
     }))
 }
 
-unsafe fn read_pages_meta(oid: pg_sys::Oid) -> Result<Vec<u8>, String> {
+fn read_pages_meta(oid: pg_sys::Oid) -> Result<Vec<u8>, String> {
     with_index_blocks(oid, |read, nblocks| if nblocks < 1 { Err("it has no pages".to_string()) } else { Ok(read(ivf::METAPAGE_BLKNO)) })
 }
 

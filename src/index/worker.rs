@@ -244,6 +244,8 @@ fn quote_qualified(key: &str) -> String {
 
 /// Free bytes on the file system of the data directory.
 fn free_disk_bytes() -> Option<u64> {
+    // SAFETY: statvfs writes into a zeroed struct of its own type; the path is a NUL-terminated
+    // C string that lives through the call
     unsafe {
         let dir = pg_sys::DataDir;
         if dir.is_null() {

@@ -79,11 +79,14 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         (c"temp_tablespaces", c""),
         (c"session_replication_role", c"origin"),
     ] {
+        // SAFETY: the worker's main thread, before any transaction; both names are NUL-terminated
+        // C strings of GUCs PostgreSQL defines
         unsafe {
             pg_sys::SetConfigOption(name.as_ptr(), value.as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
         }
     }
     log!("{NAME} started in database \"{db}\"");
+    // SAFETY: MyProcPid is set once at process start and only read
     set_scheduler_pid(unsafe { pg_sys::MyProcPid });
     let started: String = in_transaction(|| Spi::get_one::<String>("select pg_catalog.now()::text").ok().flatten())
         .ok()

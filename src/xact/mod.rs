@@ -8,6 +8,8 @@ use pgrx::prelude::*;
 /// Runs `f` in its own transaction. A Postgres ERROR (or a Rust panic) inside is caught, the
 /// transaction aborted, and the message returned, so the worker lives on to record it.
 pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Result<R, String> {
+    // SAFETY: the worker's main thread, outside any transaction (the caller's contract): starts
+    // one and pushes its snapshot, undone below on every path
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -21,6 +23,8 @@ pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Res
             })
         })
         .execute();
+    // SAFETY: ends the transaction started above: commits after popping the snapshot, or aborts
+    // (which releases the snapshot too)
     unsafe {
         match &r {
             Ok(_) => {

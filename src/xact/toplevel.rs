@@ -13,10 +13,12 @@ use std::ffi::CString;
 /// transaction aborted, and the message returned.
 pub fn run(sql: &str) -> Result<(), String> {
     let csql = CString::new(sql).map_err(|_| "statement contains a NUL byte".to_string())?;
+    // SAFETY: the worker's main thread, outside any transaction: starts one
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
     }
+    // SAFETY: a memory context under TopMemoryContext, deleted below on every path
     let parse_ctx = unsafe {
         pg_sys::AllocSetContextCreateInternal(
             pg_sys::TopMemoryContext,
@@ -27,6 +29,9 @@ pub fn run(sql: &str) -> Result<(), String> {
         )
     };
     let ptr = csql.as_ptr();
+    // SAFETY: the statement text outlives the portal (csql lives to the end); parse, analysis,
+    // plans and portal live in parse_ctx, which survives the commits inside PortalRun; an ERROR is
+    // caught by PgTryBuilder and the transaction aborted below
     let r = PgTryBuilder::new(move || unsafe {
         let old = pg_sys::MemoryContextSwitchTo(parse_ctx);
         let parsed = pg_sys::pg_parse_query(ptr);
@@ -69,6 +74,8 @@ pub fn run(sql: &str) -> Result<(), String> {
         })
     })
     .execute();
+    // SAFETY: ends the transaction started above (commit, or abort after an ERROR) and frees the
+    // context made for the statement
     unsafe {
         match &r {
             Ok(_) => pg_sys::CommitTransactionCommand(),
