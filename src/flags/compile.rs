@@ -1,17 +1,12 @@
 //! Compiling a flag definition (JSON) into a [`CompiledFlag`]: every check of its shape.
-#![allow(unused_imports)]
 
-use super::constraint::*;
-use super::context::*;
-use super::core::*;
-use super::rollout::*;
-use super::semver::*;
-use std::cmp::Ordering;
-use std::fmt::{self, Write as _};
+use super::constraint::{Constraint, Op, StrKind, Test};
+use super::context::Attr;
+use super::defs::{FlagError, MAX_VARIANTS, MAX_WEIGHT};
+use super::rollout::{Rollout, Rule, Stickiness, Variant, Variants};
+use super::semver::{OwnedSemver, Semver};
 
-use serde_json::{Map, Number, Value};
-
-use crate::hash::murmur3_32;
+use serde_json::{Map, Value};
 
 // ---------------------------------------------------------------------------------------------
 // compilation helpers

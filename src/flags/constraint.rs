@@ -1,17 +1,8 @@
 //! Constraints: their operators and how each tests a context value.
-#![allow(unused_imports)]
 
-use super::compile::*;
-use super::context::*;
-use super::core::*;
-use super::rollout::*;
-use super::semver::*;
+use super::context::{Attr, Context, ContextValue};
+use super::semver::{OwnedSemver, Semver};
 use std::cmp::Ordering;
-use std::fmt::{self, Write as _};
-
-use serde_json::{Map, Number, Value};
-
-use crate::hash::murmur3_32;
 
 // ---------------------------------------------------------------------------------------------
 // operators

@@ -1,13 +1,6 @@
 //! The evaluation context: a flat JSON object of scalars, read without allocating, and the
 //! hashed key of a rollout or a variant list.
-#![allow(unused_imports)]
 
-use super::compile::*;
-use super::constraint::*;
-use super::core::*;
-use super::rollout::*;
-use super::semver::*;
-use std::cmp::Ordering;
 use std::fmt::{self, Write as _};
 
 use serde_json::{Map, Number, Value};

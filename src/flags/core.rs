@@ -96,80 +96,13 @@
 //! is flat), no date, regex or CIDR operators, operator names are lower case, constraint values
 //! are not trimmed, and a number in the context is spelled as serde_json spells it (an integer
 //! as JavaScript would; a float may differ, e.g. `1.0` where JavaScript writes `1`).
-#![allow(unused_imports)]
 
-use super::compile::*;
-use super::constraint::*;
-use super::context::*;
-use super::rollout::*;
-use super::semver::*;
-use std::cmp::Ordering;
-use std::fmt::{self, Write as _};
+use super::compile::{check_keys, compile_rule, compile_variants, object, opt_array, opt_bool, opt_string};
+use super::context::Context;
+pub use super::defs::FlagError;
+use super::rollout::{Pick, Rule, Variants};
 
-use serde_json::{Map, Number, Value};
-
-use crate::hash::murmur3_32;
-
-/// Unleash's seed for percentage rollouts.
-pub const ROLLOUT_SEED: u32 = 0;
-/// Unleash's seed for variant selection.
-pub const VARIANT_SEED: u32 = 86_028_157;
-/// The largest weight of one variant.
-pub const MAX_WEIGHT: u64 = 1_000_000;
-/// The most variants in one list (so that the total weight fits a `u32`).
-pub const MAX_VARIANTS: usize = 1000;
-
-// ---------------------------------------------------------------------------------------------
-// errors
-
-/// Why a flag definition was rejected. The SQL shell maps every variant to 22023
-/// (invalid_parameter_value). `at` names the place: `flag`, `rule 2`, `rule 2 constraint 1`,
-/// `rule 1 rollout`, `rule 1 variant 2`, `flag variant 1 override 1` (positions count from 1).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlagError {
-    #[error("flag key must not be empty")]
-    EmptyKey,
-    #[error("flag definition is not valid json: {message}")]
-    InvalidJson { message: String },
-    #[error("{at}: must be a json object")]
-    NotAnObject { at: String },
-    #[error("{at}: unknown key \"{key}\"")]
-    UnknownKey { at: String, key: String },
-    #[error("{at}: missing \"{key}\"")]
-    MissingKey { at: String, key: &'static str },
-    #[error("{at}: \"{key}\" must be {expected}")]
-    WrongType { at: String, key: &'static str, expected: &'static str },
-    #[error("unknown environment \"{name}\" (expected local, staging or production)")]
-    UnknownEnvironment { name: String },
-    #[error("{at}: unknown op \"{op}\"")]
-    UnknownOp { at: String, op: String },
-    #[error("{at}: op \"{op}\" takes \"{wanted}\", not \"{given}\"")]
-    WrongValueKey { at: String, op: &'static str, wanted: &'static str, given: &'static str },
-    #[error("{at}: \"value\" must be a number for op \"{op}\"")]
-    NotANumber { at: String, op: &'static str },
-    #[error("{at}: invalid semver \"{value}\" for op \"{op}\"")]
-    InvalidSemver { at: String, op: &'static str, value: String },
-    #[error("{at}: \"values\" must not be empty for op \"{op}\"")]
-    EmptyValues { at: String, op: &'static str },
-    #[error("{at}: empty string in \"values\" for op \"{op}\"")]
-    EmptyValue { at: String, op: &'static str },
-    #[error("{at}: \"case_insensitive\" does not apply to op \"{op}\"")]
-    CaseInsensitiveNotApplicable { at: String, op: &'static str },
-    #[error("{at}: percentage {value} not in 0..100")]
-    Percentage { at: String, value: String },
-    #[error("{at}: stickiness \"random\" is not supported (evaluation is deterministic)")]
-    RandomStickiness { at: String },
-    #[error("{at}: weight {value} must be an integer in 0..1000000")]
-    Weight { at: String, value: String },
-    #[error("{at}: variant weights must sum to more than 0")]
-    ZeroTotalWeight { at: String },
-    #[error("{at}: more than 1000 variants")]
-    TooManyVariants { at: String },
-    #[error("{at}: duplicate variant \"{name}\"")]
-    DuplicateVariant { at: String, name: String },
-    #[error("{at}: variants must all set the same stickiness, or none")]
-    MixedStickiness { at: String },
-}
+use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // environments, reasons, error codes

@@ -1,17 +1,10 @@
 //! Percentage rollouts, weighted variants and rules: the Unleash-compatible bucketing.
-#![allow(unused_imports)]
 
-use super::compile::*;
-use super::constraint::*;
-use super::context::*;
-use super::core::*;
-use super::semver::*;
-use std::cmp::Ordering;
-use std::fmt::{self, Write as _};
+use super::constraint::Constraint;
+use super::context::{default_stickiness_value, hash_key, Attr, Context};
+use super::defs::{ROLLOUT_SEED, VARIANT_SEED};
 
-use serde_json::{Map, Number, Value};
-
-use crate::hash::murmur3_32;
+use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // rollouts and variants

@@ -1,17 +1,6 @@
 //! SemVer 2.0 parsing and precedence for the `semver_*` operators.
-#![allow(unused_imports)]
 
-use super::compile::*;
-use super::constraint::*;
-use super::context::*;
-use super::core::*;
-use super::rollout::*;
 use std::cmp::Ordering;
-use std::fmt::{self, Write as _};
-
-use serde_json::{Map, Number, Value};
-
-use crate::hash::murmur3_32;
 
 // ---------------------------------------------------------------------------------------------
 // semver

@@ -6,6 +6,7 @@ use super::compile::*;
 use super::constraint::*;
 use super::context::*;
 use super::core::*;
+use super::defs::*;
 use super::rollout::*;
 use super::semver::*;
 use crate::hash::murmur3_32;
