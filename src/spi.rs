@@ -1,9 +1,11 @@
-//! The one place that builds SQL text. Identifiers are quoted here; values are always bound as $n.
+//! The one place that builds SQL text. A statement is a `&'static str` template of quantops' own,
+//! with `{}` filled by [`Sql`] fragments, which only this module makes: quoted identifiers,
+//! qualified names, quoted literals, integers. Values from callers are always bound as $n.
 
 use pgrx::prelude::*;
 
 /// Quotes an identifier the way `quote_ident` does, always (never trusts the input to be plain).
-pub fn quote_ident(name: &str) -> String {
+fn quote_ident(name: &str) -> String {
     let mut s = String::with_capacity(name.len() + 2);
     s.push('"');
     for c in name.chars() {
@@ -18,7 +20,7 @@ pub fn quote_ident(name: &str) -> String {
 
 /// Quotes a string literal the way `quote_literal` does (doubles quotes and backslashes, E'' form
 /// when there is a backslash).
-pub fn quote_literal(v: &str) -> String {
+fn quote_literal(v: &str) -> String {
     let body = v.replace('\'', "''");
     if v.contains('\\') {
         format!("E'{}'", body.replace('\\', "\\\\"))
@@ -27,10 +29,68 @@ pub fn quote_literal(v: &str) -> String {
     }
 }
 
-/// The schema (already quoted) where pgvector's `vector` type lives, e.g. `"extensions"`; `None`
-/// only if pgvector is not installed (it cannot be dropped while quantops, which requires it,
-/// exists).
-pub fn vector_schema() -> Option<String> {
+/// A piece of SQL text that may go into a statement: made only here, by quoting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sql(String);
+
+impl Sql {
+    /// An identifier, always quoted.
+    pub fn ident(name: &str) -> Sql {
+        Sql(quote_ident(name))
+    }
+    /// `schema.name`, both quoted.
+    pub fn qualified(schema: &str, name: &str) -> Sql {
+        Sql(format!("{}.{}", quote_ident(schema), quote_ident(name)))
+    }
+    /// `name` in the schema of `schema` (a fragment itself), e.g. pgvector's `vector` type.
+    pub fn in_schema(schema: &Sql, name: &str) -> Sql {
+        Sql(format!("{}.{}", schema.0, quote_ident(name)))
+    }
+    /// A string literal, quoted.
+    pub fn literal(v: &str) -> Sql {
+        Sql(quote_literal(v))
+    }
+    /// An integer literal.
+    pub fn int(n: i64) -> Sql {
+        Sql(n.to_string())
+    }
+    /// Fragments joined by a separator of quantops' own.
+    pub fn join(parts: &[Sql], sep: &'static str) -> Sql {
+        Sql(parts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join(sep))
+    }
+    /// A fragment of quantops' own text (an operator, a keyword): never a value.
+    pub fn fixed(text: &'static str) -> Sql {
+        Sql(text.to_string())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Sql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A statement: the template with each `{}` replaced, in order, by a fragment. The template is
+/// quantops' own text (`'static`); a count that does not match is a bug in quantops.
+pub fn statement(template: &'static str, parts: &[&Sql]) -> String {
+    let pieces: Vec<&str> = template.split("{}").collect();
+    assert_eq!(pieces.len(), parts.len() + 1, "quantops: a statement template does not match its fragments: {template}");
+    let mut out = String::with_capacity(template.len() + parts.iter().map(|p| p.0.len()).sum::<usize>());
+    for (i, piece) in pieces.iter().enumerate() {
+        out.push_str(piece);
+        if let Some(p) = parts.get(i) {
+            out.push_str(&p.0);
+        }
+    }
+    out
+}
+
+/// The schema (quoted) where pgvector's `vector` type lives, e.g. `"extensions"`; `None` only if
+/// pgvector is not installed (it cannot be dropped while quantops, which requires it, exists).
+pub fn vector_schema() -> Option<Sql> {
     read_one::<String>(
         "select n.nspname::pg_catalog.text from pg_catalog.pg_extension e \
          join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) e.extnamespace \
@@ -38,7 +98,7 @@ pub fn vector_schema() -> Option<String> {
         &[],
     )
     .unwrap_or_else(|e| failed("looking up pgvector's schema", e).report_error())
-    .map(|s| quote_ident(&s))
+    .map(|s| Sql::ident(&s))
 }
 
 /// Runs one of quantops' own fixed statements. A PostgreSQL ERROR inside it propagates with its
@@ -265,6 +325,27 @@ pub fn require_primary(function: &str) -> Result<(), pgrx::pg_sys::panic::ErrorR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_are_templates_filled_with_quoted_fragments() {
+        let t = Sql::qualified("my schema", "t\"x");
+        assert_eq!(t.as_str(), "\"my schema\".\"t\"\"x\"");
+        assert_eq!(
+            statement("select count(*) from {} where {} > 0", &[&t, &Sql::ident("c")]),
+            "select count(*) from \"my schema\".\"t\"\"x\" where \"c\" > 0"
+        );
+        assert_eq!(Sql::literal("it's").as_str(), "'it''s'");
+        assert_eq!(Sql::literal("a\\b").as_str(), "E'a\\\\b'");
+        assert_eq!(Sql::join(&[Sql::ident("lists"), Sql::literal("1")], " = ").as_str(), "\"lists\" = '1'");
+        assert_eq!(Sql::in_schema(&Sql::ident("extensions"), "vector").as_str(), "\"extensions\".\"vector\"");
+        assert_eq!(Sql::int(-7).as_str(), "-7");
+    }
+
+    #[test]
+    #[should_panic(expected = "does not match its fragments")]
+    fn a_template_that_does_not_match_its_fragments_is_a_bug() {
+        statement("select {} from {}", &[&Sql::ident("a")]);
+    }
 
     #[test]
     fn identifiers_are_always_quoted() {

@@ -9,7 +9,7 @@ use super::error::EmbeddingError;
 use super::jsonb::JsonbBytes;
 use crate::audit;
 use crate::schedule::JobOutcome;
-use crate::spi::{run, vector_schema, ReportError};
+use crate::spi::{run, statement, vector_schema, ReportError, Sql};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -95,7 +95,7 @@ pub struct VectorType {
     pub oid: pg_sys::Oid,
     pub array_oid: pg_sys::Oid,
     pub align: std::ffi::c_char,
-    pub schema: String,
+    pub schema: Sql,
 }
 
 pub fn vector_type() -> VectorType {
@@ -309,11 +309,11 @@ fn write_vectors(e: &Embedder, vt: &VectorType, ids: &[i64], vectors: DatumWithO
     if !keep.is_empty() {
         history(keep);
     }
-    let sql = format!(
+    let sql = statement(
         "update quantops.signal_embeddings s set embedding = u.e, input_hash = u.h, embedder = $4, \
            embedder_version = $5, embedded_at = pg_catalog.now() \
          from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::{}.vector[]), pg_catalog.unnest($3::bytea[])) as u(id, e, h) where s.id = u.id",
-        vt.schema
+        &[&vt.schema],
     );
     let failures: bool = Spi::get_one("select exists (select 1 from quantops.embedding_failures)").ok().flatten().unwrap_or(true);
     if failures {

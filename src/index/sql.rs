@@ -10,7 +10,7 @@ use super::config as rules;
 use super::error::{ConfigError, IvfError};
 use super::store::{measure, plan, resolve, state, Options, DEFAULT_INDEX};
 use crate::audit;
-use crate::spi::{quote_ident, run, vector_schema};
+use crate::spi::{run, statement, vector_schema, Sql};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -51,28 +51,30 @@ fn configure(
 
     let rows: i64 = crate::spi::read_one("select count(*) from quantops.signal_embeddings", &[]).map_err(ConfigError::from)?.unwrap_or(0);
     let lists = lists.unwrap_or_else(|| rules::recommended_lists(rows));
-    let vtype = format!("{vschema}.vector({dims})");
-    let idx = quote_ident(INDEX_NAME);
-    // dims, lists are validated integers; the schema and index names are quoted identifiers
-    let exists: bool = crate::spi::read_one::<bool>("select pg_catalog.to_regclass($1) is not null", &[format!("quantops.{idx}").into()])
+    // dims and lists are validated integers; the schema and index names are quoted identifiers
+    let (vtype, dims_sql) = (Sql::in_schema(&vschema, "vector"), Sql::int(dims.into()));
+    let idx = Sql::qualified("quantops", INDEX_NAME);
+    let exists: bool = crate::spi::read_one::<bool>("select pg_catalog.to_regclass($1) is not null", &[idx.as_str().into()])
         .map_err(ConfigError::from)?
         .unwrap_or(false);
     if exists {
-        run("dropping the index", &format!("drop index quantops.{idx}"), &[]);
+        run("dropping the index", &statement("drop index {}", &[&idx]), &[]);
     }
     for t in ["signal_embeddings", "signal_embeddings_archive"] {
-        let t = quote_ident(t);
         run(
             "setting the embedding dimension",
-            &format!("alter table quantops.{t} alter column embedding type {vtype} using embedding::{vtype}"),
+            &statement(
+                "alter table {} alter column embedding type {}({}) using embedding::{}({})",
+                &[&Sql::qualified("quantops", t), &vtype, &dims_sql, &vtype, &dims_sql],
+            ),
             &[],
         );
     }
     run(
         "building the IVFFlat index",
-        &format!(
-            "create index {idx} on quantops.signal_embeddings using ivfflat (embedding {vschema}.{}) with (lists = {lists})",
-            metric.opclass()
+        &statement(
+            "create index {} on quantops.signal_embeddings using ivfflat (embedding {}) with (lists = {})",
+            &[&Sql::ident(INDEX_NAME), &Sql::in_schema(&vschema, metric.opclass()), &Sql::int(lists.into())],
         ),
         &[],
     );
@@ -171,7 +173,7 @@ fn maintain_index(
         .map_err(IvfError::from)?
         .unwrap_or(false);
         if !owner {
-            return Err(IvfError::NotOwner(t.table_sql.clone()).into());
+            return Err(IvfError::NotOwner(t.table_sql.to_string()).into());
         }
     }
     let by: String = crate::spi::read_one("select 'sql:' || quantops._caller_role()", &[]).map_err(IvfError::from)?.unwrap_or_default();

@@ -6,7 +6,7 @@ use super::config::{recommended_lists, Metric};
 use super::core::{self as ivf, Measured, Thresholds};
 use super::error::IvfError;
 use crate::schedule::JobOutcome;
-use crate::spi::{quote_ident, ReportError};
+use crate::spi::{statement, ReportError, Sql};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Value};
@@ -16,11 +16,11 @@ use serde_json::{json, Value};
 pub struct Target {
     pub index_oid: pg_sys::Oid,
     /// schema-qualified, quoted
-    pub index_sql: String,
+    pub index_sql: Sql,
     pub index_schema: String,
     pub index_name: String,
     pub table_oid: pg_sys::Oid,
-    pub table_sql: String,
+    pub table_sql: Sql,
     pub column: String,
     pub opclass: String,
     pub metric: Metric,
@@ -120,7 +120,7 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
     if ischema.contains('.') || iname.contains('.') {
         return Err(IvfError::Unsupported(format!("{ischema}.{iname}"), "a schema or index name with a dot in it".into()));
     }
-    let index_sql = format!("{}.{}", quote_ident(&ischema), quote_ident(&iname));
+    let index_sql = Sql::qualified(&ischema, &iname);
     if !valid {
         return Err(IvfError::Invalid(format!("{ischema}.{iname}")));
     }
@@ -151,7 +151,7 @@ pub fn resolve(target: Option<pg_sys::Oid>) -> Result<Target, IvfError> {
         index_schema: ischema,
         index_name: iname,
         table_oid,
-        table_sql: format!("{}.{}", quote_ident(&tschema), quote_ident(&tname)),
+        table_sql: Sql::qualified(&tschema, &tname),
         column,
         opclass,
         metric,
@@ -248,9 +248,11 @@ fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
         crate::error::raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, e);
     }
     let pct = if rows <= 0 { 100.0 } else { (100.0 * (n as f64) * 1.2 / rows as f64).min(100.0) };
-    let col = quote_ident(&t.column);
-    let sql =
-        format!("select ctid::text, {col}::real[] from {} tablesample bernoulli ($1) repeatable ($2) where {col} is not null", t.table_sql);
+    let col = Sql::ident(&t.column);
+    let sql = statement(
+        "select ctid::text, {}::real[] from {} tablesample bernoulli ($1) repeatable ($2) where {} is not null",
+        &[&col, &t.table_sql, &col],
+    );
     let all: Vec<(String, Vec<f32>)> = Spi::connect(|c| {
         let tab = c
             .select(&sql, None, &[pct.into(), (seed as f64).into()])
@@ -268,8 +270,8 @@ fn sample(t: &Target, rows: i64, n: i64, seed: i32) -> Vec<(String, Vec<f32>)> {
 
 /// Rows with a vector (exact), and the table's cumulative insert and delete counters.
 pub fn table_stats(t: &Target) -> (i64, Option<i64>, Option<i64>) {
-    let col = quote_ident(&t.column);
-    let rows = crate::spi::read_one::<i64>(&format!("select count(*) from {} where {col} is not null", t.table_sql), &[])
+    let col = Sql::ident(&t.column);
+    let rows = crate::spi::read_one::<i64>(&statement("select count(*) from {} where {} is not null", &[&t.table_sql, &col]), &[])
         .unwrap_or_else(|e| crate::spi::failed("counting the table's vectors", e).report_error())
         .unwrap_or(0);
     let (ins, del) = crate::spi::read_two::<i64, i64>(
@@ -441,7 +443,7 @@ pub fn measure(t: &Target, o: &Options) -> Result<Value, IvfError> {
     let fnum = |x: f64| if x.is_finite() { json!((x * 10000.0).round() / 10000.0) } else { Value::Null };
     let mut h = json!({
         "index": t.key(),
-        "table": t.table_sql,
+        "table": t.table_sql.as_str(),
         "metric": t.metric.name(),
         "dims": meta.dims,
         "lists": meta.lists,
@@ -598,16 +600,16 @@ fn measure_recall(t: &Target, smp: &[(String, Vec<f32>)], k: i32, queries: i32, 
     if !(target > 0.0 && target <= 1.0) {
         return Err(IvfError::Param("target_recall", format!("{target} (above 0, at most 1)")));
     }
-    let vschema = crate::spi::vector_schema().unwrap_or_else(|| "\"public\"".into());
-    let op = match t.metric {
+    let vschema = crate::spi::vector_schema().unwrap_or_else(|| Sql::ident("public"));
+    let op = Sql::fixed(match t.metric {
         Metric::L2 => "<->",
         Metric::Cosine => "<=>",
         Metric::InnerProduct => "<#>",
-    };
-    let col = quote_ident(&t.column);
-    let sql = format!(
-        "select ctid::text from {} where {col} is not null order by {col} operator({vschema}.{op}) $1::real[]::{vschema}.vector limit $2",
-        t.table_sql
+    });
+    let col = Sql::ident(&t.column);
+    let sql = statement(
+        "select ctid::text from {} where {} is not null order by {} operator({}.{}) $1::real[]::{} limit $2",
+        &[&t.table_sql, &col, &col, &vschema, &op, &Sql::in_schema(&vschema, "vector")],
     );
     let step = (smp.len() / queries.max(1) as usize).max(1);
     let qs: Vec<&(String, Vec<f32>)> = smp.iter().step_by(step).take(queries as usize).collect();
@@ -674,10 +676,10 @@ fn measure_recall(t: &Target, smp: &[(String, Vec<f32>)], k: i32, queries: i32, 
 /// The statements a rebuild runs, in order (each a top-level statement).
 pub fn plan_statements(t: &Target, lists: i32, current_lists: i32) -> (String, Vec<String>) {
     if lists == current_lists || !t.simple {
-        ("reindex_concurrently".into(), vec![format!("reindex index concurrently {}", t.index_sql)])
+        ("reindex_concurrently".into(), vec![statement("reindex index concurrently {}", &[&t.index_sql])])
     } else {
-        let tmp = quote_ident(&format!("{}_qo_new", truncate(&t.index_name, 55)));
-        let opts: Vec<String> = t
+        let tmp_name = swap_name(&t.index_name);
+        let opts: Vec<Sql> = t
             .reloptions
             .iter()
             .filter(|o| !o.starts_with("lists="))
@@ -685,25 +687,33 @@ pub fn plan_statements(t: &Target, lists: i32, current_lists: i32) -> (String, V
             .chain(std::iter::once(format!("lists={lists}")))
             .map(|o| {
                 let (k, v) = o.split_once('=').unwrap_or((&o, ""));
-                format!("{} = {}", quote_ident(k), crate::spi::quote_literal(v))
+                Sql::join(&[Sql::ident(k), Sql::literal(v)], " = ")
             })
             .collect();
-        let vschema = crate::spi::vector_schema().unwrap_or_else(|| "\"public\"".into());
+        let vschema = crate::spi::vector_schema().unwrap_or_else(|| Sql::ident("public"));
         (
             "create_concurrently_swap".into(),
             vec![
-                format!(
-                    "create index concurrently {tmp} on {} using ivfflat ({} {vschema}.{}) with ({})",
-                    t.table_sql,
-                    quote_ident(&t.column),
-                    quote_ident(&t.opclass),
-                    opts.join(", ")
+                statement(
+                    "create index concurrently {} on {} using ivfflat ({} {}) with ({})",
+                    &[
+                        &Sql::ident(&tmp_name),
+                        &t.table_sql,
+                        &Sql::ident(&t.column),
+                        &Sql::in_schema(&vschema, &t.opclass),
+                        &Sql::join(&opts, ", "),
+                    ],
                 ),
-                format!("drop index concurrently {}", t.index_sql),
-                format!("alter index {}.{tmp} rename to {}", quote_ident(&t.index_schema), quote_ident(&t.index_name)),
+                statement("drop index concurrently {}", &[&t.index_sql]),
+                statement("alter index {} rename to {}", &[&Sql::qualified(&t.index_schema, &tmp_name), &Sql::ident(&t.index_name)]),
             ],
         )
     }
+}
+
+/// The name a rebuild builds the new index under before the swap.
+pub fn swap_name(index: &str) -> String {
+    format!("{}_qo_new", truncate(index, 55))
 }
 
 fn truncate(s: &str, n: usize) -> String {

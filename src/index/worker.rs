@@ -8,7 +8,7 @@ use super::core as ivf;
 use super::error::IvfError;
 use super::store::{measure, plan, plan_statements, resolve, Options, DEFAULT_INDEX};
 use crate::schedule::JobOutcome;
-use crate::spi::quote_ident;
+use crate::spi::{statement, Sql};
 use crate::xact::{in_transaction, toplevel};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -105,27 +105,27 @@ pub fn execute_queued() -> Vec<Value> {
 fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
     let n = name.to_string();
     // what to run, measured now (the request may be older than the data)
-    let prep = in_transaction(move || -> Result<(Vec<String>, Vec<String>, u64, u64, String, i32), String> {
-        let oid = Spi::get_one_with_args::<pg_sys::Oid>("select pg_catalog.to_regclass($1)::oid", &[quote_qualified(&n).into()])
+    let prep = in_transaction(move || -> Result<(Vec<String>, Vec<Sql>, u64, u64, String, i32), String> {
+        let oid = Spi::get_one_with_args::<pg_sys::Oid>("select pg_catalog.to_regclass($1)::oid", &[quote_qualified(&n).as_str().into()])
             .ok()
             .flatten()
             .ok_or_else(|| format!("index \"{n}\" does not exist any more"))?;
         let t = resolve(Some(oid)).map_err(|e| e.to_string())?;
         let (meta, _) = super::store::read_centers(&t).map_err(|e| e.to_string())?;
-        let rows: i64 = Spi::get_one(&format!("select count(*) from {}", t.table_sql)).ok().flatten().unwrap_or(0);
+        let rows: i64 = Spi::get_one(&statement("select count(*) from {}", &[&t.table_sql])).ok().flatten().unwrap_or(0);
         let lists = lists.unwrap_or(meta.lists as i32);
         let (method, stmts) = plan_statements(&t, lists, meta.lists as i32);
         // leftovers of failed concurrent builds on this table: INVALID IVFFlat indexes
-        let leftovers: Vec<String> = Spi::connect(|c| {
+        let leftovers: Vec<Sql> = Spi::connect(|c| {
             c.select(
-                "select pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+                "select n.nspname::pg_catalog.text, c.relname::pg_catalog.text \
                    from pg_catalog.pg_index i join pg_catalog.pg_class c on c.oid = i.indexrelid \
                    join pg_catalog.pg_namespace n on n.oid = c.relnamespace join pg_catalog.pg_am am on am.oid = c.relam \
                   where i.indrelid = $1 and not i.indisvalid and am.amname = 'ivfflat'",
                 None,
                 &[t.table_oid.into()],
             )
-            .map(|tab| tab.filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            .map(|tab| tab.filter_map(|r| Some(Sql::qualified(&r.get::<String>(1).ok()??, &r.get::<String>(2).ok()??))).collect())
             .unwrap_or_default()
         });
         let mem = ivf::build_memory_bytes(lists, meta.dims as i32, rows);
@@ -140,7 +140,7 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
     let (stmts, leftovers, mem, disk, _method, _lists) = prep;
     for l in &leftovers {
         log!("quantops: dropping invalid index {l} left by a failed concurrent build");
-        toplevel::run(&format!("drop index concurrently if exists {l}"))?;
+        toplevel::run(&statement("drop index concurrently if exists {}", &[l]))?;
     }
     let free = free_disk_bytes();
     if let Some(f) = free {
@@ -163,7 +163,7 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
     .unwrap_or(65536);
     let set_mem = (kb as i64) > cur_kb;
     if set_mem {
-        toplevel::run(&format!("set maintenance_work_mem = '{kb}kB'"))?;
+        toplevel::run(&statement("set maintenance_work_mem = {}", &[&Sql::literal(&format!("{kb}kB"))]))?;
     }
     let mut result = Ok(());
     for s in &stmts {
@@ -180,17 +180,17 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
     }
     if result.is_err() {
         // a failed CREATE INDEX CONCURRENTLY leaves an INVALID index: drop it now
-        if let Some(tmp) = stmts.first().filter(|s| s.starts_with("create index concurrently ")) {
-            let tmp_name = tmp.trim_start_matches("create index concurrently ").split(" on ").next().unwrap_or("").to_string();
-            let schema = name.split('.').next().unwrap_or("public");
-            let _ = toplevel::run(&format!("drop index concurrently if exists {}.{}", quote_ident(schema), tmp_name));
+        if stmts.first().is_some_and(|s| s.starts_with("create index concurrently ")) {
+            let (schema, index) = name.split_once('.').unwrap_or(("public", name));
+            let tmp = Sql::qualified(schema, &super::store::swap_name(index));
+            let _ = toplevel::run(&statement("drop index concurrently if exists {}", &[&tmp]));
         }
         return result;
     }
     // measure the new build: its baseline, and whether pgvector's sampling left it lopsided
     let n = name.to_string();
     in_transaction(move || -> Result<(), String> {
-        let oid = Spi::get_one_with_args::<pg_sys::Oid>("select pg_catalog.to_regclass($1)::oid", &[quote_qualified(&n).into()])
+        let oid = Spi::get_one_with_args::<pg_sys::Oid>("select pg_catalog.to_regclass($1)::oid", &[quote_qualified(&n).as_str().into()])
             .ok()
             .flatten()
             .ok_or_else(|| format!("index \"{n}\" is gone after the rebuild"))?;
@@ -234,11 +234,12 @@ fn execute(id: i64, name: &str, lists: Option<i32>) -> Result<(), String> {
     Ok(())
 }
 
-/// "schema.name" as recorded, turned back into a quoted, qualified name for to_regclass.
-fn quote_qualified(key: &str) -> String {
+/// "schema.name" as recorded (neither part has a dot: resolve() refuses such names), turned back
+/// into a quoted, qualified name.
+fn quote_qualified(key: &str) -> Sql {
     match key.split_once('.') {
-        Some((s, n)) => format!("{}.{}", quote_ident(s), quote_ident(n)),
-        None => quote_ident(key),
+        Some((s, n)) => Sql::qualified(s, n),
+        None => Sql::ident(key),
     }
 }
 
