@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of issue 3: embedding refresh of 200,000 signals, 384 dimensions, `features` embedder.
+# Benchmark of the embedding refresh: 200,000 signals, 384 dimensions, `features` embedder.
 #   A  quantops: quantops.refresh_embeddings() (in-process Rust, rayon), after set_embedder()
 #      enqueued the stale rows
 #   B  the seed's way: an external Python worker (psycopg 3, numpy) computing the same embedding:

@@ -5,7 +5,7 @@
 #   own    each client promotes its own model back and forth (no conflicts): the cost of a promotion
 #   shared all clients promote one model with expected_current (conflicts: 40001, then retry)
 # Baseline in the same run: a bare UPDATE of one alias row per call (no gates, no history, no
-# outbox), the floor of any promotion. Goal (issue 5): p99 under 10 ms with 8 clients.
+# outbox), the floor of any promotion. Goal: p99 under 10 ms with 8 clients.
 # Runs on its own cluster (port $BENCH_PORT, default 55433, .cache/bench-cluster), reset each run.
 # usage: bash bench/promotion.sh [SECONDS] [CLIENTS]
 set -euo pipefail
