@@ -78,20 +78,30 @@ trap 'bash scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
 psql_() { as_pg env PGOPTIONS="-c client_min_messages=warning" "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR/run" -p "$PORT" -U supabase_admin "$@"; }
 
 # one run of the data phase: create at FROM, write, snapshot, update to TO, snapshot; the
-# snapshots must be equal and not empty
+# snapshots must be equal and not empty. Returns 2 when rows changed across the update, 1 when
+# anything else failed (every step is checked: the function also runs inside `if`, where set -e
+# does not apply).
 data_phase() { # from to label
   local from=$1 to=$2 label=$3
-  psql_ -d postgres -c "drop extension if exists quantops cascade" >/dev/null
-  psql_ -d postgres -c "alter system set quantops.enabled = off" -c "select pg_reload_conf()" >/dev/null
-  psql_ -d postgres -c "create extension quantops version '$from'" >/dev/null
-  psql_ -d postgres -f scripts/sql/upgrade_data.sql >/dev/null
-  psql_ -d postgres -At -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.before"
+  # the worker off first, so that nothing of it holds the extension's objects while it is dropped
+  psql_ -d postgres -c "alter system set quantops.enabled = off" -c "select pg_reload_conf()" >/dev/null || return 1
+  # a worker pass that was under way may still hold a lock the drop needs (a deadlock is possible):
+  # try again, and say why when it keeps failing
+  local try
+  for try in 1 2 3 4 5; do
+    psql_ -d postgres -c "drop extension if exists quantops cascade" >/dev/null 2>"$OUT/drop.err" && break
+    [ $try = 5 ] && { echo "  could not drop quantops: $(cat "$OUT/drop.err")"; return 1; }
+    sleep 1
+  done
+  psql_ -d postgres -c "create extension quantops version '$from'" >/dev/null || { echo "  could not create quantops $from"; return 1; }
+  psql_ -d postgres -f scripts/sql/upgrade_data.sql >/dev/null || { echo "  the data script failed"; return 1; }
+  psql_ -d postgres -At -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.before" || return 1
   if [ "$from" != "$to" ]; then
-    psql_ -d postgres -c "alter extension quantops update to '$to'" >/dev/null
+    psql_ -d postgres -c "alter extension quantops update to '$to'" >/dev/null || { echo "  the update to $to failed"; return 1; }
   fi
   [ "$(psql_ -d postgres -At -c "select extversion from pg_extension where extname = 'quantops'")" = "$to" ] \
     || { echo "  not at $to after the update"; return 1; }
-  psql_ -d postgres -At -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.after"
+  psql_ -d postgres -At -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.after" || return 1
   # nothing compared is no pass
   local rows
   rows=$(awk -F'|' '$1 ~ /^(signal_embeddings|signal_embeddings_archive|signal_embedding_history|model_aliases|alias_history|flags|audit_log|backtest_results)$/ && $2 > 0' "$OUT/$label.before" | wc -l)
@@ -100,7 +110,7 @@ data_phase() { # from to label
   if ! diff "$OUT/$label.before" "$OUT/$label.after" > "$OUT/$label.diff"; then
     cat "$OUT/$label.diff" | head -20
     echo "  rows changed across the update"
-    return 1
+    return 2
   fi
 }
 
@@ -145,8 +155,9 @@ if [ $SELF_TEST = 1 ]; then
     up="$EXTDIR/quantops--$PREV--$VERSION.sql"
     cp "$up" "$OUT/upgrade-script.orig"
     echo "delete from quantops.flags where key = 'up.other';" >> "$up"
-    if data_phase "$PREV" "$VERSION" selftest >/dev/null 2>&1; then cp "$OUT/upgrade-script.orig" "$up"; fail "self-test: an upgrade that loses a row passed"; fi
+    rc=0; data_phase "$PREV" "$VERSION" selftest > "$OUT/selftest.log" 2>&1 || rc=$?
     cp "$OUT/upgrade-script.orig" "$up"
+    [ $rc = 2 ] || { cat "$OUT/selftest.log"; fail "self-test: an upgrade that loses a row was not caught as lost rows (data phase: $rc; $OUT/selftest.*)"; }
     say "self-test: an upgrade that loses a row is caught"
   fi
 fi
