@@ -19,9 +19,13 @@ struct Fake {
 
 impl Fake {
     fn start() -> Fake {
+        Fake::with_latency(0)
+    }
+    /// A provider that takes `ms` milliseconds to answer every request.
+    fn with_latency(ms: u32) -> Fake {
         let mut child = Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_provider.py"))
-            .args(["384", "600"])
+            .args(["384", "600", &ms.to_string()])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs the fake provider");
@@ -415,6 +419,98 @@ fn kill_9_of_the_worker_mid_batch_loses_nothing_and_embeds_nothing_twice() {
     let (done, dead) = wait_settled(&t, "it-http", 16, 120);
     assert_eq!((done, dead), (16, 0), "a row was lost");
     assert_eq!(history_rows(&t), 0, "a row was embedded twice");
+}
+
+/// Every stored vector of strategy `t` was made from the row's current inputs.
+fn stale_vectors(t: &str) -> i64 {
+    let mut c = admin();
+    c.query_one(
+        "select count(*) from quantops.signal_embeddings s where s.strategy = $1 and s.embedding is not null \
+           and s.input_hash is distinct from quantops.embedding_input_hash(s.embedder, s.embedder_version::int, s.strategy, \
+                 s.symbol, s.features, s.series, s.rationale, s.tags)",
+        &[&t],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn requests_run_concurrently_up_to_the_embedders_concurrency() {
+    // a provider that takes 300 ms a request: the worker keeps 3 out at once, never more
+    let fake = Fake::with_latency(300);
+    let _restore = Restore;
+    let t = tag();
+    use_http_embedder(&fake, 4, r#""timeout_ms": 5000, "concurrency": 3"#);
+    wait_for("the provider to catch up with the other rows", Duration::from_secs(120), || {
+        (scalar_i64(&mut admin(), "select count(*) from quantops.embedding_queue") == 0).then_some(())
+    });
+    let rationales: Vec<String> = (0..24).map(|i| format!("{t} concurrent {i}")).collect();
+    insert_signals(&t, &rationales);
+    let (done, dead) = wait_settled(&t, "it-http", 24, 60);
+    assert_eq!((done, dead), (24, 0));
+    assert_eq!(fake.stats()["max_in_flight"].as_i64(), Some(3), "requests in flight at once");
+    assert_eq!(stale_vectors(&t), 0);
+    // the run says how many it had out at once
+    let peak: Option<i64> = admin()
+        .query_one(
+            "select max((details->>'peak_in_flight')::int8) from quantops.job_runs \
+             where job = 'refresh-embeddings' and runner = 'worker' and started_at > now() - interval '2 minutes'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(peak, Some(3));
+    // a concurrency the worker cannot honour is refused when the embedder is registered
+    let r = request(
+        &Who::ServiceRole,
+        "select quantops.register_embedder('it-http-bad', 'http', 384, $1::text::jsonb)",
+        &[&format!(r#"{{"url": "{}", "model": "m", "concurrency": 0}}"#, fake.url())],
+    );
+    expect_err(r, "22023", "concurrency must be between 1 and 64");
+}
+
+#[test]
+fn kill_9_with_four_requests_in_flight_loses_nothing_and_writes_nothing_twice_or_stale() {
+    // 4 requests of 4 rows out at once, each answered after 2 s; two rows are edited while out,
+    // then the worker is killed: every row ends embedded once, from its current inputs
+    let fake = Fake::with_latency(2000);
+    let _restore = Restore;
+    let t = tag();
+    use_http_embedder(&fake, 4, r#""timeout_ms": 3000, "concurrency": 4"#);
+    wait_for("the provider to catch up with the other rows", Duration::from_secs(120), || {
+        (scalar_i64(&mut admin(), "select count(*) from quantops.embedding_queue") == 0).then_some(())
+    });
+    let rationales: Vec<String> = (0..16).map(|i| format!("{t} in flight {i}")).collect();
+    insert_signals(&t, &rationales);
+    wait_for("16 rows leased in 4 requests", Duration::from_secs(30), || {
+        let n: i64 = admin()
+            .query_one(
+                "select count(*) from quantops.embedding_queue q join quantops.signal_embeddings s on s.id = q.signal_id \
+                 where s.strategy = $1 and q.lease_until > now()",
+                &[&t],
+            )
+            .ok()?
+            .get(0);
+        (n == 16).then_some(())
+    });
+    assert_eq!(fake.stats()["max_in_flight"].as_i64(), Some(4));
+    admin()
+        .execute(
+            "update quantops.signal_embeddings set rationale = rationale || ' (edited)' where strategy = $1 and symbol in ('SYM0', 'SYM5')",
+            &[&t],
+        )
+        .unwrap();
+    let pid: i32 = admin().query_one("select pid from pg_stat_activity where backend_type = 'quantops scheduler'", &[]).unwrap().get(0);
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let (done, dead) = wait_settled(&t, "it-http", 16, 120);
+    assert_eq!((done, dead), (16, 0), "a row was lost");
+    assert_eq!(history_rows(&t), 0, "a row was embedded twice");
+    assert_eq!(stale_vectors(&t), 0, "a vector of an old input was written");
+    let edited: i64 = admin()
+        .query_one("select count(*) from quantops.signal_embeddings where strategy = $1 and rationale like '%(edited)'", &[&t])
+        .unwrap()
+        .get(0);
+    assert_eq!(edited, 2);
 }
 
 #[test]

@@ -14,17 +14,23 @@ It behaves like a real one, including its failures, chosen by markers in the inp
   [redirect]   the request is answered 307 to /elsewhere on this server (a client that follows
                it shows up in stats["elsewhere"])
 Vectors are deterministic: Gaussian, seeded with sha256 of the text, L2-normalised.
-GET /stats returns counts (stats["seen"]: requests received so far per marker-bearing input); it stops by itself after --lifetime seconds (bounded, loopback only).
+GET /stats returns counts (stats["seen"]: requests received so far per marker-bearing input;
+stats["max_in_flight"]: the most requests it was answering at once); it stops by itself after
+--lifetime seconds (bounded, loopback only). An optional third argument is a latency in
+milliseconds added to every request (a real provider's time to answer).
 Prints its port on the first line of stdout.
+
+usage: fake_provider.py [DIMS [LIFETIME_S [LATENCY_MS]]]
 """
 import hashlib, json, math, random, re, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DIMS = int(sys.argv[1]) if len(sys.argv) > 1 else 384
 LIFETIME = float(sys.argv[2]) if len(sys.argv) > 2 else 600.0
+LATENCY = float(sys.argv[3]) / 1000.0 if len(sys.argv) > 3 else 0.0
 lock = threading.RLock()
 seen = {}          # marker-bearing text -> requests seen
-stats = {"requests": 0, "vectors": 0, "by_status": {}, "authorization": None, "texts": {}}
+stats = {"requests": 0, "vectors": 0, "by_status": {}, "authorization": None, "texts": {}, "in_flight": 0, "max_in_flight": 0}
 
 
 def vector(text, dims):
@@ -55,6 +61,18 @@ class Handler(BaseHTTPRequestHandler):
             self.send(200, json.dumps(stats))
 
     def do_POST(self):
+        with lock:
+            stats["in_flight"] += 1
+            stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
+        try:
+            if LATENCY > 0:
+                time.sleep(LATENCY)
+            return self.answer()
+        finally:
+            with lock:
+                stats["in_flight"] -= 1
+
+    def answer(self):
         if self.path.startswith("/elsewhere"):
             with lock:
                 stats["elsewhere"] = stats.get("elsewhere", 0) + 1

@@ -10,6 +10,10 @@ pub struct BatchOutcome {
     pub done: i64,
     pub unchanged: i64,
     pub failed: i64,
+    /// the HTTP path: the most requests it had in flight at once
+    pub peak_in_flight: i64,
+    /// the HTTP path: the last rate-limit wait a provider asked for (ms)
+    pub last_throttle_ms: Option<i64>,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -18,6 +22,8 @@ impl std::ops::AddAssign for BatchOutcome {
         self.done += b.done;
         self.unchanged += b.unchanged;
         self.failed += b.failed;
+        self.peak_in_flight = self.peak_in_flight.max(b.peak_in_flight);
+        self.last_throttle_ms = b.last_throttle_ms.or(self.last_throttle_ms);
     }
 }
 

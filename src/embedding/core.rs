@@ -107,6 +107,10 @@ pub struct HttpParams {
     pub timeout_ms: u64,
     #[serde(default = "default_attempts")]
     pub max_attempts: i32,
+    /// requests in flight at once, at most (a provider's rate limits are per minute, not per
+    /// connection); throttled answers lower it for a while (see [`Aimd`])
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
     /// send "dimensions": dims in the request (OpenAI's text-embedding-3 models accept it)
     #[serde(default)]
     pub send_dimensions: bool,
@@ -127,6 +131,9 @@ fn default_timeout() -> u64 {
 }
 fn default_attempts() -> i32 {
     5
+}
+fn default_concurrency() -> usize {
+    4
 }
 
 /// A configured embedder: name, version, dimension and what it does.
@@ -219,6 +226,9 @@ impl Embedder {
                 }
                 if !(1..=100).contains(&h.max_attempts) {
                     return Err(ParamError::Params("max_attempts must be between 1 and 100".into()));
+                }
+                if !(1..=64).contains(&h.concurrency) {
+                    return Err(ParamError::Params("concurrency must be between 1 and 64".into()));
                 }
                 Kind::Http(h)
             }
@@ -587,6 +597,72 @@ pub fn check_provider_vectors(vectors: &[Vec<f32>], inputs: usize, dims: usize) 
     Ok(())
 }
 
+/// How many requests the HTTP path keeps in flight, adaptively (additive increase, multiplicative
+/// decrease): a throttled answer halves the limit (once per wait, however many requests in flight
+/// were throttled together) and holds new requests until the wait is over; every clean answer
+/// allows one more, up to the embedder's `concurrency`.
+#[derive(Debug, Clone)]
+pub struct Aimd {
+    max: usize,
+    limit: usize,
+    hold_until: Option<std::time::Instant>,
+    last_wait_ms: Option<u64>,
+}
+
+impl Aimd {
+    pub fn new(max: usize) -> Aimd {
+        let max = max.max(1);
+        Aimd { max, limit: max, hold_until: None, last_wait_ms: None }
+    }
+    /// Requests that may be in flight now.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+    /// The last rate-limit wait, if any was asked for.
+    pub fn last_wait_ms(&self) -> Option<u64> {
+        self.last_wait_ms
+    }
+    /// Whether a new request may start at `now` (not inside a rate-limit wait).
+    pub fn may_send(&self, now: std::time::Instant) -> bool {
+        self.hold_until.is_none_or(|t| now >= t)
+    }
+    /// When the current wait ends, if one is on.
+    pub fn hold_until(&self) -> Option<std::time::Instant> {
+        self.hold_until
+    }
+    pub fn on_throttle(&mut self, now: std::time::Instant, wait: std::time::Duration) {
+        let new_wait = self.may_send(now);
+        if new_wait {
+            self.limit = (self.limit / 2).max(1);
+        }
+        let until = now + wait;
+        self.hold_until = Some(self.hold_until.map_or(until, |t| t.max(until)));
+        self.last_wait_ms = Some(wait.as_millis() as u64);
+    }
+    pub fn on_success(&mut self) {
+        self.limit = (self.limit + 1).min(self.max);
+    }
+}
+
+/// The wait a provider asked for in an answer: the longest Retry-After among its rows, or one
+/// second for a 429 without one. None when nothing in it was throttled.
+pub fn throttle_wait(results: &[Result<Vec<f32>, RowError>]) -> Option<std::time::Duration> {
+    let mut wait: Option<u64> = None;
+    for r in results {
+        if let Err(RowError::Retryable { msg, retry_after_ms }) = r {
+            let ms = match retry_after_ms {
+                Some(ms) => Some(*ms),
+                None if msg.starts_with("provider answered 429") => Some(1000),
+                None => None,
+            };
+            if let Some(ms) = ms {
+                wait = Some(wait.map_or(ms, |w| w.max(ms)));
+            }
+        }
+    }
+    wait.map(std::time::Duration::from_millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,5 +865,44 @@ mod tests {
             render("{strategy} {symbol}: {rationale} [{tags}]", &row("{}")),
             "momentum_v1 AAPL: Breakout above the 50d high, volume surge [long, Momentum]"
         );
+    }
+
+    #[test]
+    fn concurrency_halves_on_a_throttle_once_per_wait_and_grows_back() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut a = Aimd::new(8);
+        assert_eq!(a.limit(), 8);
+        assert!(a.may_send(t0));
+        a.on_throttle(t0, Duration::from_millis(1000));
+        assert_eq!(a.limit(), 4);
+        // a second throttled answer inside the same wait does not halve again
+        a.on_throttle(t0 + Duration::from_millis(10), Duration::from_millis(500));
+        assert_eq!(a.limit(), 4);
+        assert!(!a.may_send(t0 + Duration::from_millis(999)));
+        assert!(a.may_send(t0 + Duration::from_millis(1000)));
+        assert_eq!(a.last_wait_ms(), Some(500));
+        // after the wait, a throttle halves again; successes add one each, up to the maximum
+        a.on_throttle(t0 + Duration::from_millis(1200), Duration::from_millis(100));
+        assert_eq!(a.limit(), 2);
+        for _ in 0..20 {
+            a.on_success();
+        }
+        assert_eq!(a.limit(), 8);
+        let mut one = Aimd::new(0);
+        one.on_throttle(t0, Duration::from_millis(1));
+        assert_eq!(one.limit(), 1);
+    }
+
+    #[test]
+    fn a_throttle_is_a_429_or_a_retry_after() {
+        let ok: Result<Vec<f32>, RowError> = Ok(vec![1.0]);
+        let r429 = classify_status(429, "slow down", None);
+        let r503 = classify_status(503, "busy", Some("3"));
+        let r500 = classify_status(500, "oops", None);
+        assert_eq!(throttle_wait(&[ok.clone(), Err(r500.clone())]), None);
+        assert_eq!(throttle_wait(&[ok.clone(), Err(r429)]), Some(std::time::Duration::from_secs(1)));
+        assert_eq!(throttle_wait(&[Err(r500), Err(r503)]), Some(std::time::Duration::from_secs(3)));
+        assert_eq!(throttle_wait(&[ok]), None);
     }
 }

@@ -81,7 +81,7 @@ pub fn drain() -> i64 {
                 store::drain(&e2, &vt, 10_000, Duration::from_secs(5), 2000)
             })
         } else {
-            http_step(&e)
+            http_pipeline(&e, t0 + DRAIN_BUDGET)
         };
         match step {
             Ok(b) => {
@@ -100,7 +100,8 @@ pub fn drain() -> i64 {
         None => Ok(crate::schedule::JobOutcome {
             rows: total.done,
             details: json!({ "embedder": e.name, "version": e.version, "done": total.done,
-                             "unchanged": total.unchanged, "failed": total.failed }),
+                             "unchanged": total.unchanged, "failed": total.failed,
+                             "peak_in_flight": total.peak_in_flight, "last_throttle_ms": total.last_throttle_ms }),
         }),
         Some(m) => {
             pause(Some((&e.name, e.version)));
@@ -157,16 +158,127 @@ fn api_key(secret: &Option<String>) -> Result<Option<String>, String> {
     }
 }
 
-/// One HTTP batch: lease, call the provider outside any transaction, write back. The provider is
-/// called from a thread of its own while the worker's main thread waits on its latch, so a SIGTERM
-/// (a fast shutdown) stops the worker within moments even in the middle of a slow request: the
-/// leases are then given back and the rows stay queued.
-fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
+/// The HTTP path: up to `concurrency` requests in flight, each from a thread of its own (which
+/// never touches PostgreSQL) with a batch leased for it in a short committed transaction; the
+/// main thread leases the next batch while earlier ones are out, and writes each answer in its
+/// own short transaction as it arrives (compare-and-set on the leased input hash). No network
+/// call is ever made inside an open transaction. A throttled answer (429, Retry-After) slows the
+/// whole embedder down ([`emb::Aimd`]), not only its rows. The main thread waits on its latch, so
+/// a SIGTERM stops the worker within moments even with slow requests out: their leases are given
+/// back and the rows stay queued. Runs until nothing is ready, the deadline, or a stop.
+fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
     let Kind::Http(p) = &e.kind else {
         return Err(format!("embedder \"{}\" is not an http embedder", e.name));
     };
-    // the allowlist is read at every step (a superuser may shrink it with a reload), and before
-    // any key is read: a host that is not allowed gets nothing, not even the worker's attention
+    let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;
+    let mut provider: Option<Provider> = None;
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Result<Vec<f32>, RowError>>)>();
+    let mut flight: std::collections::HashMap<u64, Vec<Leased>> = std::collections::HashMap::new();
+    let mut next_id = 0u64;
+    let mut ctl = emb::Aimd::new(p.concurrency);
+    let mut out = BatchOutcome::default();
+    let mut drained = false;
+    let mut peak = 0usize;
+    // every way out gives back what is still leased
+    let give_back = |flight: &mut std::collections::HashMap<u64, Vec<Leased>>| {
+        for (_, leased) in flight.drain() {
+            release(&leased);
+        }
+    };
+    loop {
+        if crate::runtime::stopping() {
+            give_back(&mut flight);
+            return Err("stopped (SIGTERM) while the provider was answering; the leased rows are queued again".into());
+        }
+        // 1. keep `limit` requests in flight
+        while !drained && flight.len() < ctl.limit() && ctl.may_send(Instant::now()) && Instant::now() < deadline {
+            // a reload (a smaller allowlist, say) takes effect before the next request
+            crate::runtime::reload_if_asked();
+            let provider_now = match request_target(e, p) {
+                Ok(pr) => pr,
+                Err(m) => {
+                    give_back(&mut flight);
+                    return Err(m);
+                }
+            };
+            let (e1, n) = (e.clone(), p.batch_size as i64);
+            let leased: Vec<Leased> = match in_transaction(move || lease_batch(&e1, n, lease_s)) {
+                Ok(Ok(l)) => l,
+                Ok(Err(m)) | Err(m) => {
+                    give_back(&mut flight);
+                    return Err(m);
+                }
+            };
+            out.picked += leased.len() as i64;
+            if leased.is_empty() {
+                drained = true;
+                break;
+            }
+            // fresh rows in one request (split on a permanent error); earlier failures one by one
+            let jobs: Vec<(String, bool)> = leased.iter().map(|l| (l.text.clone(), l.retry)).collect();
+            let (id, txc, pr) = (next_id, tx.clone(), provider_now.clone());
+            next_id += 1;
+            let spawned = std::thread::Builder::new().name("quantops-http".into()).spawn(move || {
+                crate::threads::block_signals();
+                let _ = txc.send((id, call_provider(&pr, &jobs)));
+            });
+            if let Err(err) = spawned {
+                release(&leased);
+                give_back(&mut flight);
+                return Err(format!("starting a provider thread failed: {err}"));
+            }
+            provider = Some(provider_now);
+            flight.insert(id, leased);
+            peak = peak.max(flight.len());
+        }
+        if flight.is_empty() {
+            if drained || Instant::now() >= deadline {
+                break;
+            }
+            // held by a rate-limit wait: sleep until it ends (or a stop)
+            wait_latch(5);
+            continue;
+        }
+        // 2. write each answer as it arrives
+        match rx.try_recv() {
+            Ok((id, results)) => {
+                let Some(leased) = flight.remove(&id) else { continue };
+                match emb::throttle_wait(&results) {
+                    Some(wait) => ctl.on_throttle(Instant::now(), wait),
+                    None if results.iter().all(|r| r.is_ok()) => ctl.on_success(),
+                    None => {}
+                }
+                let (e2, max_attempts) = (e.clone(), p.max_attempts);
+                match in_transaction(move || write_back(&e2, &leased, results, max_attempts)) {
+                    Ok(Ok((done, failed))) => {
+                        out.done += done;
+                        out.failed += failed;
+                    }
+                    Ok(Err(m)) | Err(m) => {
+                        give_back(&mut flight);
+                        return Err(m);
+                    }
+                }
+                // rows may have been enqueued (or become ready) meanwhile
+                drained = false;
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => wait_latch(5),
+            // cannot happen: this function holds a sender
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                give_back(&mut flight);
+                return Err("the provider threads ended without an answer".into());
+            }
+        }
+    }
+    let _ = provider;
+    out.peak_in_flight = peak as i64;
+    out.last_throttle_ms = ctl.last_wait_ms().map(|w| w as i64);
+    Ok(out)
+}
+
+/// The provider to call now: the allowlist is read before every request (a superuser may shrink
+/// it with a reload), and before any key is read, so a host that is not allowed gets nothing.
+fn request_target(e: &Embedder, p: &emb::HttpParams) -> Result<Provider, String> {
     let allowlist = gucs::embedding_allowed_hosts();
     if let Err(err) = super::egress::check(&p.url, &allowlist, false) {
         return Err(format!("embedder \"{}\" was not called: {err}", e.name));
@@ -175,67 +287,29 @@ fn http_step(e: &Embedder) -> Result<BatchOutcome, String> {
     if let Err(err) = super::egress::check(&p.url, &allowlist, api_key.is_some()) {
         return Err(format!("embedder \"{}\" was not called: {err}", e.name));
     }
-    let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;
-    let (e1, n, lease) = (e.clone(), p.batch_size as i64, lease_s);
-    // 1. lease a batch and commit: the rows are ours until the lease ends
-    let leased: Vec<Leased> = in_transaction(move || lease_batch(&e1, n, lease))??;
-    let mut out = BatchOutcome { picked: leased.len() as i64, ..Default::default() };
-    if leased.is_empty() {
-        return Ok(out);
-    }
-    // 2. call the provider with no transaction open, from a thread that never touches PostgreSQL
-    let provider = Provider {
+    Ok(Provider {
         url: p.url.clone(),
         model: p.model.clone(),
         dims: e.dims,
         send_dimensions: p.send_dimensions,
         timeout: Duration::from_millis(p.timeout_ms),
         api_key,
-    };
-    // fresh rows in one request (split on a permanent error); earlier failures one by one
-    let jobs: Vec<(String, bool)> = leased.iter().map(|l| (l.text.clone(), l.retry)).collect();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new().name("quantops-http".into()).spawn(move || {
-        crate::threads::block_signals();
-        let _ = tx.send(call_provider(&provider, &jobs));
-    });
-    if let Err(err) = spawned {
-        release(&leased);
-        return Err(format!("starting the provider thread failed: {err}"));
+    })
+}
+
+/// Waits on the worker's latch for at most `ms` milliseconds.
+fn wait_latch(ms: i64) {
+    // SAFETY: the worker's main thread; WL_EXIT_ON_PM_DEATH ends the process if the postmaster
+    // dies. A wake-up meant for the main loop only shortens this wait.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
     }
-    let results = loop {
-        match rx.try_recv() {
-            Ok(r) => break r,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                release(&leased);
-                return Err("the provider thread ended without an answer".into());
-            }
-            Err(std::sync::mpsc::TryRecvError::Empty) => {}
-        }
-        if crate::runtime::stopping() {
-            // the thread is left to the process's exit; the rows go back to the queue
-            release(&leased);
-            return Err("stopped (SIGTERM) while the provider was answering; the leased rows are queued again".into());
-        }
-        // SAFETY: the worker's main thread; WL_EXIT_ON_PM_DEATH ends the process if the
-        // postmaster dies. A wake-up meant for the main loop only shortens this wait.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                5,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-    };
-    // 3. write back, each row only if its input is still the leased one
-    let e2 = e.clone();
-    let max_attempts = p.max_attempts;
-    let (done, failed) = in_transaction(move || write_back(&e2, &leased, results, max_attempts))??;
-    out.done = done;
-    out.failed = failed;
-    Ok(out)
 }
 
 /// The provider's answer for every leased row, in order: fresh rows in one request (split on a

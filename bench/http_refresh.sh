@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Benchmark of the HTTP embedding path: ROWS text rows (default 20000), 384 dimensions, the fake
+# OpenAI-compatible provider (tests/fake_provider.py, Python) on 127.0.0.1, answering at once and
+# then after 150 ms per request. For each latency and each concurrency c in 1 4 8:
+#   C(c)  the ceiling: a client with no database (bench/http_ceiling.py) sending the same
+#         requests (batch 64, c at once) to the same provider: what the provider can serve
+#   W(c)  the scheduler worker, embedder batch_size 64 and concurrency c (c = 1 is the path of
+#         0.1.0: one request at a time): rows/s from the commit of the insert to an empty queue
+# and, at 0 ms and c = 4: an edit of 1,000 rows until all are fresh again (s), and an update of a
+# column the embedder does not read (rows enqueued: 0 expected). Prints rows/s and W/C.
+# Runs on a cluster of its own (port $BENCH_PORT, default 55433, in .cache/bench-cluster), reset at
+# every run and stopped at the end.
+# usage: bash bench/http_refresh.sh [ROWS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+ROWS=${1:-20000}
+case "$ROWS" in ''|*[!0-9]*) echo "usage: bash bench/http_refresh.sh [ROWS]" >&2; exit 2;; esac
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+if [ ! -x "$PG_CONFIG" ] || [ ! -f "$($PG_CONFIG --pkglibdir)/vector.so" ]; then
+  bash scripts/bootstrap.sh >/dev/null
+fi
+if [ ! -f "$($PG_CONFIG --pkglibdir)/quantops.so" ]; then
+  bash scripts/install.sh
+fi
+export QUANTOPS_PORT=${BENCH_PORT:-55433}
+export QUANTOPS_CLUSTER_DIR=$ROOT/.cache/bench-cluster
+[ "$QUANTOPS_PORT" != 55432 ] || { echo "http_refresh.sh: port 55432 belongs to the test cluster" >&2; exit 2; }
+bash scripts/cluster.sh reset >/dev/null
+FAKE_PID=""
+cleanup() { [ -n "$FAKE_PID" ] && kill "$FAKE_PID" 2>/dev/null; bash scripts/cluster.sh stop >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+q() { bash scripts/cluster.sh psql -X -q -v ON_ERROR_STOP=1 -At "$@"; }
+now() { date +%s.%N; }
+calc() { python3 -c "print($1)"; }
+q -c "set client_min_messages = warning" -c "create schema if not exists extensions" \
+  -c "create extension if not exists vector with schema extensions" -c "create extension if not exists quantops" \
+  -c "select quantops.configure(dims => 384)" >/dev/null
+
+start_fake() { # latency_ms -> sets FAKE_URL
+  local fifo; fifo=$(mktemp -u); mkfifo "$fifo"
+  python3 tests/fake_provider.py 384 3600 "$1" > "$fifo" &
+  FAKE_PID=$!
+  read -r port < "$fifo"; rm -f "$fifo"
+  FAKE_URL="http://127.0.0.1:$port/v1/embeddings"
+}
+wait_empty() { # seconds to an empty queue
+  local t0=$1
+  while [ "$(q -c "select count(*) from quantops.embedding_queue")" != 0 ]; do sleep 0.05; done
+  calc "$(now) - $t0"
+}
+insert_rows() {
+  q -c "insert into quantops.signal_embeddings (strategy, symbol, as_of, rationale)
+        select 'bench', 'S' || g, now(), 'bench memory ' || g || ': momentum breakout above the 50 day high on volume'
+        from generate_series(1, $ROWS) g" >/dev/null
+}
+
+echo "HTTP embedding path: $ROWS rows, 384 dimensions, batch 64, $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(q -c 'select version()' | cut -d' ' -f1-2)"
+printf "  %-10s %-5s %14s %14s %8s\n" "latency" "c" "ceiling rows/s" "worker rows/s" "W/C"
+n=0
+for LAT in 0 150; do
+  start_fake "$LAT"
+  for C in 1 4 8; do
+    n=$((n + 1))
+    ceiling=$(python3 bench/http_ceiling.py "$FAKE_URL" "$ROWS" 64 "$C")
+    q -c "delete from quantops.signal_embeddings where strategy = 'bench'" -c "delete from quantops.embedding_queue" >/dev/null
+    q -c "select quantops.register_embedder('bench-http-$n', 'http', 384,
+            jsonb_build_object('url', '$FAKE_URL', 'model', 'fake-embed-1', 'template', '{rationale}',
+                               'batch_size', 64, 'concurrency', $C, 'timeout_ms', 30000), activate => true)" >/dev/null
+    t0=$(now); insert_rows
+    s=$(wait_empty "$t0")
+    done_rows=$(q -c "select count(*) from quantops.signal_embeddings where strategy = 'bench' and embedder = 'bench-http-$n'")
+    [ "$done_rows" = "$ROWS" ] || { echo "http_refresh.sh: only $done_rows of $ROWS rows embedded" >&2; exit 1; }
+    w=$(calc "$ROWS / $s")
+    printf "  %-10s %-5s %14.0f %14.0f %8.2f\n" "${LAT} ms" "$C" "$ceiling" "$w" "$(calc "$w / $ceiling")"
+    if [ "$LAT" = 0 ] && [ "$C" = 4 ]; then
+      t0=$(now)
+      q -c "update quantops.signal_embeddings set rationale = rationale || ' (edited)' where strategy = 'bench' and symbol in (select 'S' || g from generate_series(1, 1000) g)" >/dev/null
+      EDIT_S=$(wait_empty "$t0")
+      q -c "update quantops.signal_embeddings set features = jsonb_build_object('touched', true) where strategy = 'bench'" >/dev/null
+      UNRELATED=$(q -c "select count(*) from quantops.embedding_queue")
+    fi
+  done
+  kill "$FAKE_PID" 2>/dev/null || true; FAKE_PID=""
+done
+printf "  an edit of 1,000 rows, fresh again after: %.2f s (0 ms, c = 4)\n" "$EDIT_S"
+echo "  an update of a column the embedder does not read enqueued: $UNRELATED rows"
