@@ -92,6 +92,18 @@ fn use_http_embedder(fake: &Fake, batch: i32, extra: &str) -> i32 {
 
 fn insert_signals(t: &str, rationales: &[String]) {
     let mut c = admin();
+    insert_signals_with(&mut c, t, rationales);
+}
+
+/// The same rows in one transaction: the worker sees them all at its wake-up at the commit.
+fn insert_signals_at_once(t: &str, rationales: &[String]) {
+    let mut c = admin();
+    let mut tx = c.transaction().unwrap();
+    insert_signals_with(&mut tx, t, rationales);
+    tx.commit().unwrap();
+}
+
+fn insert_signals_with(c: &mut impl postgres::GenericClient, t: &str, rationales: &[String]) {
     for (i, r) in rationales.iter().enumerate() {
         c.execute(
             "insert into quantops.signal_embeddings (strategy, symbol, as_of, features, rationale, owner) \
@@ -440,12 +452,12 @@ fn requests_run_concurrently_up_to_the_embedders_concurrency() {
     let fake = Fake::with_latency(300);
     let _restore = Restore;
     let t = tag();
-    use_http_embedder(&fake, 4, r#""timeout_ms": 5000, "concurrency": 3"#);
+    let version = use_http_embedder(&fake, 4, r#""timeout_ms": 5000, "concurrency": 3"#);
     wait_for("the provider to catch up with the other rows", Duration::from_secs(120), || {
         (scalar_i64(&mut admin(), "select count(*) from quantops.embedding_queue") == 0).then_some(())
     });
     let rationales: Vec<String> = (0..24).map(|i| format!("{t} concurrent {i}")).collect();
-    insert_signals(&t, &rationales);
+    insert_signals_at_once(&t, &rationales);
     let (done, dead) = wait_settled(&t, "it-http", 24, 60);
     assert_eq!((done, dead), (24, 0));
     assert_eq!(fake.stats()["max_in_flight"].as_i64(), Some(3), "requests in flight at once");
@@ -454,8 +466,9 @@ fn requests_run_concurrently_up_to_the_embedders_concurrency() {
     let peak: Option<i64> = admin()
         .query_one(
             "select max((details->>'peak_in_flight')::int8) from quantops.job_runs \
-             where job = 'refresh-embeddings' and runner = 'worker' and started_at > now() - interval '2 minutes'",
-            &[],
+             where job = 'refresh-embeddings' and runner = 'worker' and details->>'embedder' = 'it-http' \
+               and details->>'version' = $1::int4::text",
+            &[&version],
         )
         .unwrap()
         .get(0);
@@ -481,7 +494,7 @@ fn kill_9_with_four_requests_in_flight_loses_nothing_and_writes_nothing_twice_or
         (scalar_i64(&mut admin(), "select count(*) from quantops.embedding_queue") == 0).then_some(())
     });
     let rationales: Vec<String> = (0..16).map(|i| format!("{t} in flight {i}")).collect();
-    insert_signals(&t, &rationales);
+    insert_signals_at_once(&t, &rationales);
     wait_for("16 rows leased in 4 requests", Duration::from_secs(30), || {
         let n: i64 = admin()
             .query_one(
