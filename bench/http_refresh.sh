@@ -10,7 +10,7 @@
 # column the embedder does not read (rows enqueued: 0 expected). Prints rows/s and W/C.
 # Runs on a cluster of its own (port $BENCH_PORT, default 55433, in .cache/bench-cluster), reset at
 # every run and stopped at the end.
-# usage: bash bench/http_refresh.sh [ROWS]
+# usage: bash bench/http_refresh.sh [ROWS]     (LATENCIES="0 150" and CONCURRENCIES="1 4 8" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -56,11 +56,11 @@ insert_rows() {
 }
 
 echo "HTTP embedding path: $ROWS rows, 384 dimensions, batch 64, $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(q -c 'select version()' | cut -d' ' -f1-2)"
-printf "  %-10s %-5s %14s %14s %8s\n" "latency" "c" "ceiling rows/s" "worker rows/s" "W/C"
+printf "  %-10s %-5s %14s %14s %8s   %s\n" "latency" "c" "ceiling rows/s" "worker rows/s" "W/C" "ms per request: lease / write-back"
 n=0
-for LAT in 0 150; do
+for LAT in ${LATENCIES:-0 150}; do
   start_fake "$LAT"
-  for C in 1 4 8; do
+  for C in ${CONCURRENCIES:-1 4 8}; do
     n=$((n + 1))
     ceiling=$(python3 bench/http_ceiling.py "$FAKE_URL" "$ROWS" 64 "$C")
     q -c "delete from quantops.signal_embeddings where strategy = 'bench'" -c "delete from quantops.embedding_queue" >/dev/null
@@ -72,7 +72,11 @@ for LAT in 0 150; do
     done_rows=$(q -c "select count(*) from quantops.signal_embeddings where strategy = 'bench' and embedder = 'bench-http-$n'")
     [ "$done_rows" = "$ROWS" ] || { echo "http_refresh.sh: only $done_rows of $ROWS rows embedded" >&2; exit 1; }
     w=$(calc "$ROWS / $s")
-    printf "  %-10s %-5s %14.0f %14.0f %8.2f\n" "${LAT} ms" "$C" "$ceiling" "$w" "$(calc "$w / $ceiling")"
+    # where the main thread's time went: the lease and write-back transactions, per request
+    per=$(q -c "select round(sum((details->>'lease_ms')::numeric) / greatest(sum((details->>'requests')::numeric), 1), 1) || ' / ' ||
+                       round(sum((details->>'write_ms')::numeric) / greatest(sum((details->>'requests')::numeric), 1), 1)
+                from quantops.job_runs where job = 'refresh-embeddings' and details->>'embedder' = 'bench-http-$n'")
+    printf "  %-10s %-5s %14.0f %14.0f %8.2f   %s\n" "${LAT} ms" "$C" "$ceiling" "$w" "$(calc "$w / $ceiling")" "$per"
     if [ "$LAT" = 0 ] && [ "$C" = 4 ]; then
       t0=$(now)
       q -c "update quantops.signal_embeddings set rationale = rationale || ' (edited)' where strategy = 'bench' and symbol in (select 'S' || g from generate_series(1, 1000) g)" >/dev/null
@@ -83,5 +87,7 @@ for LAT in 0 150; do
   done
   kill "$FAKE_PID" 2>/dev/null || true; FAKE_PID=""
 done
-printf "  an edit of 1,000 rows, fresh again after: %.2f s (0 ms, c = 4)\n" "$EDIT_S"
-echo "  an update of a column the embedder does not read enqueued: $UNRELATED rows"
+if [ -n "${EDIT_S:-}" ]; then
+  printf "  an edit of 1,000 rows, fresh again after: %.2f s (0 ms, c = 4)\n" "$EDIT_S"
+  echo "  an update of a column the embedder does not read enqueued: $UNRELATED rows"
+fi

@@ -14,6 +14,11 @@ pub struct BatchOutcome {
     pub peak_in_flight: i64,
     /// the HTTP path: the last rate-limit wait a provider asked for (ms)
     pub last_throttle_ms: Option<i64>,
+    /// the HTTP path: requests made, and the main thread's time in the lease transactions and
+    /// in the write-back transactions (µs): where a batch's time goes besides the provider
+    pub requests: i64,
+    pub lease_us: i64,
+    pub write_us: i64,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -24,6 +29,9 @@ impl std::ops::AddAssign for BatchOutcome {
         self.failed += b.failed;
         self.peak_in_flight = self.peak_in_flight.max(b.peak_in_flight);
         self.last_throttle_ms = b.last_throttle_ms.or(self.last_throttle_ms);
+        self.requests += b.requests;
+        self.lease_us += b.lease_us;
+        self.write_us += b.write_us;
     }
 }
 

@@ -101,7 +101,8 @@ pub fn drain() -> i64 {
             rows: total.done,
             details: json!({ "embedder": e.name, "version": e.version, "done": total.done,
                              "unchanged": total.unchanged, "failed": total.failed,
-                             "peak_in_flight": total.peak_in_flight, "last_throttle_ms": total.last_throttle_ms }),
+                             "peak_in_flight": total.peak_in_flight, "last_throttle_ms": total.last_throttle_ms,
+                             "requests": total.requests, "lease_ms": total.lease_us / 1000, "write_ms": total.write_us / 1000 }),
         }),
         Some(m) => {
             pause(Some((&e.name, e.version)));
@@ -202,7 +203,10 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
                 }
             };
             let (e1, n) = (e.clone(), p.batch_size as i64);
-            let leased: Vec<Leased> = match in_transaction(move || lease_batch(&e1, n, lease_s)) {
+            let t_lease = Instant::now();
+            let leased_now = in_transaction(move || lease_batch(&e1, n, lease_s));
+            out.lease_us += t_lease.elapsed().as_micros() as i64;
+            let leased: Vec<Leased> = match leased_now {
                 Ok(Ok(l)) => l,
                 Ok(Err(m)) | Err(m) => {
                     give_back(&mut flight);
@@ -228,6 +232,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
                 return Err(format!("starting a provider thread failed: {err}"));
             }
             provider = Some(provider_now);
+            out.requests += 1;
             flight.insert(id, leased);
             peak = peak.max(flight.len());
         }
@@ -249,7 +254,10 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
                     None => {}
                 }
                 let (e2, max_attempts) = (e.clone(), p.max_attempts);
-                match in_transaction(move || write_back(&e2, &leased, results, max_attempts)) {
+                let t_write = Instant::now();
+                let written = in_transaction(move || write_back(&e2, &leased, results, max_attempts));
+                out.write_us += t_write.elapsed().as_micros() as i64;
+                match written {
                     Ok(Ok((done, failed))) => {
                         out.done += done;
                         out.failed += failed;
