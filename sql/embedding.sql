@@ -151,30 +151,4 @@ as $$
 $$;
 insert into quantops.routine_grants (routine, tier) values ('quantops.embedding_asof(bigint, timestamptz)', 'authenticated');
 
--- The backlog at a glance. security_invoker: what the caller may read is what it sees.
-create view quantops.embedding_status with (security_invoker = true) as
-select
-  (select pg_catalog.jsonb_build_object('name', e.name, 'version', e.version, 'kind', e.kind, 'dims', e.dims)
-     from quantops.embedders e where e.active) as active_embedder,
-  (select count(*) from quantops.embedding_queue) as backlog,
-  (select count(*) from quantops.embedding_queue q
-     where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now())) as ready,
-  (select count(*) from quantops.embedding_queue q where q.lease_until >= pg_catalog.now()) as in_flight,
-  (select count(*) from quantops.embedding_queue q where q.next_try_at > pg_catalog.now()) as backing_off,
-  (select pg_catalog.round(extract(epoch from pg_catalog.now() - min(q.enqueued_at))::numeric, 1)
-     from quantops.embedding_queue q) as oldest_stale_age_s,
-  (select coalesce(pg_catalog.jsonb_object_agg(c.k, c.n), '{}'::jsonb) from (
-     select coalesce(s.embedder || '@' || s.embedder_version, 'none') k, count(*) n
-       from quantops.signal_embeddings s group by 1) c) as coverage,
-  (select coalesce(pg_catalog.jsonb_object_agg(f.error_class, f.n), '{}'::jsonb) from (
-     select error_class, count(*) n from quantops.embedding_failures group by 1) f) as failures,
-  (select coalesce(pg_catalog.jsonb_object_agg(q.last_error_class, q.n), '{}'::jsonb) from (
-     select last_error_class, count(*) n from quantops.embedding_queue where last_error_class is not null group by 1) q) as retrying,
-  (select pg_catalog.jsonb_build_object(
-       'runs', count(*), 'rows', coalesce(sum(r.rows), 0),
-       'rows_per_s', pg_catalog.round((coalesce(sum(r.rows), 0) / greatest(sum(extract(epoch from r.finished_at - r.started_at)), 0.001))::numeric, 1),
-       'last_run_at', max(r.finished_at))
-     from quantops.job_runs r
-    where r.job = 'refresh-embeddings' and r.status = 'succeeded' and r.finished_at > pg_catalog.now() - interval '1 hour') as throughput_1h;
-comment on view quantops.embedding_status is
-  'embedding backlog (exact), its age, coverage per embedder version, failures by class, recent throughput';
+-- The view quantops.embedding_status is defined next to quantops._embedding_http_state() (src/embedding/sql.rs).

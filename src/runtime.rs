@@ -5,13 +5,23 @@
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 /// The scheduler's pid, in shared memory, so any backend can set its latch.
 // SAFETY: the name is unique to quantops and the atomic is only reached through pg_shmem_init!
 static SCHEDULER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_scheduler_pid") };
+
+/// What the worker's HTTP path is doing now, for quantops.embedding_status: requests in flight,
+/// the current limit on them, and the last rate-limit wait plus one (ms; 0: none yet). Written
+/// only by the worker.
+// SAFETY: names unique to quantops; reached only through pg_shmem_init! and the functions below
+static HTTP_IN_FLIGHT: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_http_in_flight") };
+// SAFETY: as above
+static HTTP_LIMIT: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_http_limit") };
+// SAFETY: as above
+static HTTP_LAST_WAIT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"quantops_http_last_wait") };
 
 /// True in every process of a server that loaded quantops through shared_preload_libraries
 /// (the postmaster sets it in _PG_init and its children inherit it).
@@ -25,6 +35,31 @@ pub fn preloaded() -> bool {
 pub fn init_preloaded() {
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(SCHEDULER_PID);
+    pg_shmem_init!(HTTP_IN_FLIGHT);
+    pg_shmem_init!(HTTP_LIMIT);
+    pg_shmem_init!(HTTP_LAST_WAIT);
+}
+
+/// The worker publishes its HTTP path's state (requests in flight, their limit, the last
+/// rate-limit wait in ms).
+pub fn publish_http(in_flight: usize, limit: usize, last_wait_ms: Option<u64>) {
+    if preloaded() {
+        HTTP_IN_FLIGHT.get().store(in_flight as i32, Ordering::Relaxed);
+        HTTP_LIMIT.get().store(limit as i32, Ordering::Relaxed);
+        if let Some(w) = last_wait_ms {
+            HTTP_LAST_WAIT.get().store(w as i64 + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The HTTP path's state as the worker last published it: (requests in flight, their limit, the
+/// last rate-limit wait in ms). Zeros and None on a server without the worker.
+pub fn http_state() -> (i32, i32, Option<i64>) {
+    if !preloaded() {
+        return (0, 0, None);
+    }
+    let w = HTTP_LAST_WAIT.get().load(Ordering::Relaxed);
+    (HTTP_IN_FLIGHT.get().load(Ordering::Relaxed), HTTP_LIMIT.get().load(Ordering::Relaxed), (w > 0).then_some(w - 1))
 }
 
 pub fn set_scheduler_pid(pid: i32) {

@@ -448,16 +448,23 @@ fn stale_vectors(t: &str) -> i64 {
 
 #[test]
 fn requests_run_concurrently_up_to_the_embedders_concurrency() {
-    // a provider that takes 300 ms a request: the worker keeps 3 out at once, never more
-    let fake = Fake::with_latency(300);
+    // requests that take 1 s each: the worker keeps 3 out at once, never more
+    let fake = Fake::start();
     let _restore = Restore;
     let t = tag();
     let version = use_http_embedder(&fake, 4, r#""timeout_ms": 5000, "concurrency": 3"#);
     wait_for("the provider to catch up with the other rows", Duration::from_secs(120), || {
         (scalar_i64(&mut admin(), "select count(*) from quantops.embedding_queue") == 0).then_some(())
     });
-    let rationales: Vec<String> = (0..24).map(|i| format!("{t} concurrent {i}")).collect();
+    let rationales: Vec<String> = (0..24).map(|i| format!("{t} concurrent {i} [lag1000]")).collect();
     insert_signals_at_once(&t, &rationales);
+    // embedding_status shows the requests out and their limit while they are out
+    let (out, limit) = wait_for("three requests out, as embedding_status shows", Duration::from_secs(10), || {
+        let r = admin().query_one("select requests_in_flight, concurrency from quantops.embedding_status", &[]).ok()?;
+        let (out, limit): (i32, i32) = (r.get(0), r.get(1));
+        (out == 3).then_some((out, limit))
+    });
+    assert_eq!((out, limit), (3, 3));
     let (done, dead) = wait_settled(&t, "it-http", 24, 60);
     assert_eq!((done, dead), (24, 0));
     assert_eq!(fake.stats()["max_in_flight"].as_i64(), Some(3), "requests in flight at once");
@@ -473,6 +480,12 @@ fn requests_run_concurrently_up_to_the_embedders_concurrency() {
         .unwrap()
         .get(0);
     assert_eq!(peak, Some(3));
+    // a 429 with Retry-After: 1 slows the embedder down, and embedding_status says how long it waited
+    insert_signals_at_once(&t, &[format!("{t} throttled [429x1]")]);
+    let (done, dead) = wait_settled(&t, "it-http", 25, 60);
+    assert_eq!((done, dead), (25, 0));
+    let waited: Option<i64> = admin().query_one("select last_rate_limit_wait_ms from quantops.embedding_status", &[]).unwrap().get(0);
+    assert_eq!(waited, Some(1000));
     // a concurrency the worker cannot honour is refused when the embedder is registered
     let r = request(
         &Who::ServiceRole,
@@ -486,14 +499,14 @@ fn requests_run_concurrently_up_to_the_embedders_concurrency() {
 fn kill_9_with_four_requests_in_flight_loses_nothing_and_writes_nothing_twice_or_stale() {
     // 4 requests of 4 rows out at once, each answered after 2 s; two rows are edited while out,
     // then the worker is killed: every row ends embedded once, from its current inputs
-    let fake = Fake::with_latency(2000);
+    let fake = Fake::start();
     let _restore = Restore;
     let t = tag();
     use_http_embedder(&fake, 4, r#""timeout_ms": 3000, "concurrency": 4"#);
     wait_for("the provider to catch up with the other rows", Duration::from_secs(120), || {
         (scalar_i64(&mut admin(), "select count(*) from quantops.embedding_queue") == 0).then_some(())
     });
-    let rationales: Vec<String> = (0..16).map(|i| format!("{t} in flight {i}")).collect();
+    let rationales: Vec<String> = (0..16).map(|i| format!("{t} in flight {i} [lag2000]")).collect();
     insert_signals_at_once(&t, &rationales);
     wait_for("16 rows leased in 4 requests", Duration::from_secs(30), || {
         let n: i64 = admin()

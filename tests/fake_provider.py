@@ -9,6 +9,7 @@ It behaves like a real one, including its failures, chosen by markers in the inp
   [500xN]      the first N requests containing it get 500
   [slowxN]     the first N requests containing it take longer than any test's timeout
   [sleepN]     the request sleeps N seconds, then answers
+  [lagN]       the request takes N milliseconds (once, however many of its inputs carry it)
   [always500]  every request containing it gets 500
   [leak]       the request is refused with 400 and a body that echoes a secret-looking text
   [redirect]   the request is answered 307 to /elsewhere on this server (a client that follows
@@ -93,6 +94,9 @@ class Handler(BaseHTTPRequestHandler):
             m = re.search(r"\[sleep(\d+)\]", t)
             if m:
                 time.sleep(int(m.group(1)))
+        lags = [int(m.group(1)) for t in inputs for m in [re.search(r"\[lag(\d+)\]", t)] if m]
+        if lags:
+            time.sleep(max(lags) / 1000.0)
         # the transient failures first, over the whole request: the first N requests containing
         # an [429xN] or [500xN] input get that answer, whatever else the request holds
         for kind, status in (("429", 429), ("500", 500)):

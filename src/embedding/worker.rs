@@ -185,6 +185,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
         for (_, leased) in flight.drain() {
             release(&leased);
         }
+        crate::runtime::publish_http(0, 0, None);
     };
     loop {
         if crate::runtime::stopping() {
@@ -235,6 +236,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
             out.requests += 1;
             flight.insert(id, leased);
             peak = peak.max(flight.len());
+            crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
         }
         if flight.is_empty() {
             if drained || Instant::now() >= deadline {
@@ -253,6 +255,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
                     None if results.iter().all(|r| r.is_ok()) => ctl.on_success(),
                     None => {}
                 }
+                crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
                 let (e2, max_attempts) = (e.clone(), p.max_attempts);
                 let t_write = Instant::now();
                 let written = in_transaction(move || write_back(&e2, &leased, results, max_attempts));
@@ -279,6 +282,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
         }
     }
     let _ = provider;
+    crate::runtime::publish_http(0, ctl.limit(), ctl.last_wait_ms());
     out.peak_in_flight = peak as i64;
     out.last_throttle_ms = ctl.last_wait_ms().map(|w| w as i64);
     Ok(out)
