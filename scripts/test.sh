@@ -27,6 +27,8 @@ tier() { # closes the previous tier's timing and announces the next
 }
 
 bash scripts/bootstrap.sh
+# a failure stops the run: leave no cluster of this checkout running (its ports belong to the next run)
+trap 'for m in 15 17; do (export QUANTOPS_PG=$m; unset QUANTOPS_PORT QUANTOPS_CLUSTER_DIR QUANTOPS_SHAPE; bash scripts/cluster.sh stop >/dev/null 2>&1) || true; done' EXIT
 
 now=$(date +%s); echo "bootstrap: $((now - t_last)) s" >> "$TIMES"; t_last=$now; t_name="lint"
 echo "== lint: cargo fmt --check, cargo clippy -D warnings (pg15, every target)"

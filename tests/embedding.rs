@@ -130,8 +130,9 @@ fn progress(t: &str, embedder: &str) -> Option<(i64, i64, i64)> {
             &[&t, &embedder],
         )
         .map_err(|e| {
-            // closed, or 57P01/57P02/57P03: terminated by the reset, or the server still recovering
-            let reset = e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("57P"));
+            // no answer from the server (closed, reset: an I/O error), or 57P01/57P02/57P03:
+            // terminated by the reset, or the server still recovering
+            let reset = e.as_db_error().is_none() || e.code().is_some_and(|c| c.code().starts_with("57P"));
             assert!(reset, "progress query failed: {e}");
         })
         .ok()?;
