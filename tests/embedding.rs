@@ -19,13 +19,9 @@ struct Fake {
 
 impl Fake {
     fn start() -> Fake {
-        Fake::with_latency(0)
-    }
-    /// A provider that takes `ms` milliseconds to answer every request.
-    fn with_latency(ms: u32) -> Fake {
         let mut child = Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_provider.py"))
-            .args(["384", "600", &ms.to_string()])
+            .args(["384", "600"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs the fake provider");

@@ -5,7 +5,6 @@ use super::core::{check_provider_vectors, classify_status, RowError};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-#[derive(Clone)]
 pub struct Provider {
     pub url: String,
     pub model: String,

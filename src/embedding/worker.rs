@@ -172,7 +172,6 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
         return Err(format!("embedder \"{}\" is not an http embedder", e.name));
     };
     let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;
-    let mut provider: Option<Provider> = None;
     let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Result<Vec<f32>, RowError>>)>();
     let mut flight: std::collections::HashMap<u64, Vec<Leased>> = std::collections::HashMap::new();
     let mut next_id = 0u64;
@@ -221,7 +220,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
             }
             // fresh rows in one request (split on a permanent error); earlier failures one by one
             let jobs: Vec<(String, bool)> = leased.iter().map(|l| (l.text.clone(), l.retry)).collect();
-            let (id, txc, pr) = (next_id, tx.clone(), provider_now.clone());
+            let (id, txc, pr) = (next_id, tx.clone(), provider_now);
             next_id += 1;
             let spawned = std::thread::Builder::new().name("quantops-http".into()).spawn(move || {
                 crate::threads::block_signals();
@@ -232,7 +231,6 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
                 give_back(&mut flight);
                 return Err(format!("starting a provider thread failed: {err}"));
             }
-            provider = Some(provider_now);
             out.requests += 1;
             flight.insert(id, leased);
             peak = peak.max(flight.len());
@@ -281,7 +279,6 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
             }
         }
     }
-    let _ = provider;
     crate::runtime::publish_http(0, ctl.limit(), ctl.last_wait_ms());
     out.peak_in_flight = peak as i64;
     out.last_throttle_ms = ctl.last_wait_ms().map(|w| w as i64);

@@ -15,14 +15,7 @@ pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Res
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let r = PgTryBuilder::new(move || Ok(f()))
-        .catch_others(|e| {
-            Err(match e {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            })
-        })
-        .execute();
+    let r = PgTryBuilder::new(move || Ok(f())).catch_others(|e| Err(caught_message(e))).execute();
     // SAFETY: ends the transaction started above: commits after popping the snapshot, or aborts
     // (which releases the snapshot too)
     unsafe {
@@ -35,4 +28,12 @@ pub fn in_transaction<R, F: FnOnce() -> R + std::panic::UnwindSafe>(f: F) -> Res
         }
     }
     r
+}
+
+/// The message of an ERROR (or a Rust panic) caught around a step of the worker.
+pub(crate) fn caught_message(e: pg_sys::panic::CaughtError) -> String {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
 }

@@ -67,12 +67,7 @@ pub fn run(sql: &str) -> Result<(), String> {
         pg_sys::PortalDrop(portal, false);
         Ok(())
     })
-    .catch_others(|e| {
-        Err(match e {
-            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-        })
-    })
+    .catch_others(|e| Err(super::caught_message(e)))
     .execute();
     // SAFETY: ends the transaction started above (commit, or abort after an ERROR) and frees the
     // context made for the statement
