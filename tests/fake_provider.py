@@ -16,7 +16,9 @@ It behaves like a real one, including its failures, chosen by markers in the inp
                it shows up in stats["elsewhere"])
 Vectors are deterministic: Gaussian, seeded with sha256 of the text, L2-normalised.
 GET /stats returns counts (stats["seen"]: requests received so far per marker-bearing input;
-stats["max_in_flight"]: the most requests it was answering at once); it stops by itself after
+stats["max_in_flight"]: the most requests it was answering at once, any client's, abandoned ones
+included; stats["lag_in_flight_max"]["[lagN]"]: the most requests carrying that marker it was
+answering at once, so a test measures its own requests only); it stops by itself after
 --lifetime seconds (bounded, loopback only). An optional third argument is a latency in
 milliseconds added to every request (a real provider's time to answer).
 Prints its port on the first line of stdout.
@@ -95,8 +97,22 @@ class Handler(BaseHTTPRequestHandler):
             if m:
                 time.sleep(int(m.group(1)))
         lags = [int(m.group(1)) for t in inputs for m in [re.search(r"\[lag(\d+)\]", t)] if m]
-        if lags:
+        if not lags:
+            return self.rest(inputs, counts, body, dims)
+        key = "[lag%d]" % max(lags)
+        with lock:
+            now = stats.setdefault("lag_in_flight", {}).get(key, 0) + 1
+            stats["lag_in_flight"][key] = now
+            peak = stats.setdefault("lag_in_flight_max", {})
+            peak[key] = max(peak.get(key, 0), now)
+        try:
             time.sleep(max(lags) / 1000.0)
+            return self.rest(inputs, counts, body, dims)
+        finally:
+            with lock:
+                stats["lag_in_flight"][key] -= 1
+
+    def rest(self, inputs, counts, body, dims):
         # the transient failures first, over the whole request: the first N requests containing
         # an [429xN] or [500xN] input get that answer, whatever else the request holds
         for kind, status in (("429", 429), ("500", 500)):

@@ -179,8 +179,20 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
     let mut out = BatchOutcome::default();
     let mut drained = false;
     let mut peak = 0usize;
-    // every way out gives back what is still leased
+    // every way out gives back what is still leased; short of a stop it first waits for the
+    // requests still out (each ends by its timeout), so the provider never sees more than
+    // `concurrency` requests of this embedder, even across an error and the next pass
+    let wait_ms = p.timeout_ms + 1000;
     let give_back = |flight: &mut std::collections::HashMap<u64, Vec<Leased>>| {
+        let until = Instant::now() + Duration::from_millis(wait_ms);
+        let mut out = flight.len();
+        while out > 0 && !crate::runtime::stopping() && Instant::now() < until {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(_) => out -= 1,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => crate::runtime::reload_if_asked(),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
         for (_, leased) in flight.drain() {
             release(&leased);
         }
