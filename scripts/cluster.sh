@@ -65,6 +65,7 @@ quantops.database = 'postgres'
 quantops.naptime = 2
 # the fake embedding provider of the tests and the demo listens on this machine only
 quantops.embedding_allowed_hosts = '127.0.0.1'
+quantops.model_dir = '$ROOT/.cache/models'
 max_worker_processes = 16
 log_min_messages = log
 fsync = off

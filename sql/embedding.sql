@@ -4,7 +4,7 @@
 create table quantops.embedders (
   name        text not null check (name ~ '^[a-z][a-z0-9_-]{0,62}$'),
   version     integer not null check (version >= 1),
-  kind        text not null check (kind in ('features', 'series', 'hashing', 'http')),
+  kind        text not null check (kind in ('features', 'series', 'hashing', 'http', 'model')),
   dims        integer not null check (dims between 1 and 2000),
   params      jsonb not null default '{}'::jsonb,
   active      boolean not null default false,

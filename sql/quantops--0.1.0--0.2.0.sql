@@ -136,6 +136,30 @@ language c
 as 'MODULE_PATHNAME', 'version_wrapper';
 revoke execute on function quantops.version() from public;
 
+-- The local sentence model (embedder kind model) and embed_text().
+alter table quantops.embedders drop constraint embedders_kind_check,
+  add constraint embedders_kind_check check (kind in ('features', 'series', 'hashing', 'http', 'model'));
+create function quantops._embed_text("input" text) returns real[]
+strict stable parallel restricted security definer
+set search_path to pg_catalog, pg_temp
+language c
+as 'MODULE_PATHNAME', 'embed_text_real_wrapper';
+revoke execute on function quantops._embed_text(text) from public;
+insert into quantops.routine_grants (routine, tier) values ('quantops._embed_text(text)', 'authenticated');
+-- the vector form: pgvector's assignment cast from real[] (found by type, not by name)
+create function quantops.embed_text(input text) returns vector
+language plpgsql stable strict parallel restricted
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return quantops._embed_text(input);
+end
+$$;
+revoke execute on function quantops.embed_text(text) from public;
+insert into quantops.routine_grants (routine, tier) values ('quantops.embed_text(text)', 'authenticated');
+comment on function quantops.embed_text(text) is
+  'the active local model''s vector of a text (Supabase RPC; e.g. match_signals(quantops.embed_text(''...''))), computed by the quantops embedder worker';
+
 create or replace function quantops.grant_roles() returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp

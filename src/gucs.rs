@@ -11,6 +11,8 @@ static EMBEDDING_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option
 static EMBEDDING_ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ENVIRONMENT: GucSetting<FlagEnvironment> = GucSetting::<FlagEnvironment>::new(FlagEnvironment::Production);
 static FLAG_EXPOSURE_SAMPLE: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static MODEL_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// The environment feature flags are evaluated in.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -84,6 +86,24 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"quantops.model_dir",
+        c"Folder of the local sentence models (embedder kind model), superuser-only; empty = none.",
+        c"Each model is a subfolder holding config.json, tokenizer.json and model.safetensors (scripts/bootstrap.sh installs all-MiniLM-L6-v2). Only the quantops embedder worker loads a model; an embedder names its subfolder, never a path.",
+        &MODEL_DIR,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"quantops.model_threads",
+        c"Threads the quantops embedder worker runs the local model on (0 = one per core).",
+        c"Read when the worker loads the model.",
+        &MODEL_THREADS,
+        0,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // SAFETY: _PG_init, on the main thread, after the GUCs above are defined
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"quantops".as_ptr()) };
 }
@@ -116,4 +136,14 @@ pub fn environment() -> FlagEnvironment {
 
 pub fn flag_exposure_sample() -> f64 {
     FLAG_EXPOSURE_SAMPLE.get()
+}
+
+/// The folder of the local sentence models, if set (superuser-only).
+pub fn model_dir() -> Option<String> {
+    MODEL_DIR.get().and_then(|c| c.into_string().ok()).filter(|s| !s.is_empty())
+}
+
+/// Threads for the local model (0: one per core).
+pub fn model_threads() -> usize {
+    MODEL_THREADS.get().max(0) as usize
 }

@@ -12,6 +12,9 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 /// The scheduler's pid, in shared memory, so any backend can set its latch.
 // SAFETY: the name is unique to quantops and the atomic is only reached through pg_shmem_init!
 static SCHEDULER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_scheduler_pid") };
+/// The embedder worker's pid (it holds the local model), so new rows wake it too.
+// SAFETY: as above
+static EMBEDDER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"quantops_embedder_pid") };
 
 /// What the worker's HTTP path is doing now, for quantops.embedding_status: requests in flight,
 /// the current limit on them, and the last rate-limit wait plus one (ms; 0: none yet). Written
@@ -35,6 +38,7 @@ pub fn preloaded() -> bool {
 pub fn init_preloaded() {
     PRELOADED.store(true, Ordering::Relaxed);
     pg_shmem_init!(SCHEDULER_PID);
+    pg_shmem_init!(EMBEDDER_PID);
     pg_shmem_init!(HTTP_IN_FLIGHT);
     pg_shmem_init!(HTTP_LIMIT);
     pg_shmem_init!(HTTP_LAST_WAIT);
@@ -91,12 +95,22 @@ pub fn scheduler_running() -> bool {
     preloaded() && SCHEDULER_PID.get().load(Ordering::SeqCst) > 0
 }
 
-/// Sets the scheduler's latch now, if it runs.
+pub fn set_embedder_pid(pid: i32) {
+    if preloaded() {
+        EMBEDDER_PID.get().store(pid, Ordering::SeqCst);
+    }
+}
+
+/// Sets the workers' latches now (the scheduler's and the embedder's), if they run.
 pub fn wake_now() {
     if !preloaded() {
         return;
     }
-    let pid = SCHEDULER_PID.get().load(Ordering::SeqCst);
+    set_latch(SCHEDULER_PID.get().load(Ordering::SeqCst));
+    set_latch(EMBEDDER_PID.get().load(Ordering::SeqCst));
+}
+
+fn set_latch(pid: i32) {
     if pid <= 0 {
         return;
     }

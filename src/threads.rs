@@ -15,7 +15,8 @@ pub fn block_signals() {
     }
 }
 
-fn build(threads: usize, name: &'static str) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+/// A pool of `threads` whose threads block every signal as they start.
+pub fn build(threads: usize, name: &'static str) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .thread_name(move |i| format!("{name}-{i}"))

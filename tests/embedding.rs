@@ -811,3 +811,116 @@ fn sigterm_during_a_slow_request_stops_the_worker_within_a_second() {
     };
     assert_eq!((attempts, dead), (0, 0), "the interrupted row is queued again with its attempts as before");
 }
+
+/// Registers (once) and activates the local model (all-MiniLM-L6-v2, which scripts/bootstrap.sh
+/// installs under the cluster's quantops.model_dir), embedding the rationale alone.
+fn use_model_embedder() -> i32 {
+    let mut c = admin();
+    let v: Option<i32> = c.query_one("select max(version) from quantops.embedders where name = 'it-model'", &[]).unwrap().get(0);
+    let v = match v {
+        Some(v) => v,
+        None => c
+            .query_one(
+                "select quantops.register_embedder('it-model', 'model', 384, '{\"model\": \"all-MiniLM-L6-v2\", \"template\": \"{rationale}\"}')",
+                &[],
+            )
+            .unwrap()
+            .get(0),
+    };
+    c.execute("select quantops.set_embedder('it-model', $1)", &[&v]).unwrap();
+    v
+}
+
+#[test]
+fn the_local_model_finds_paraphrases_that_share_no_words() {
+    let _restore = Restore;
+    let t = tag();
+    // while another embedder is active, embed_text refuses, and says why
+    use_features_embedder();
+    expect_err(request(&Who::User(USER_A.into()), "select quantops.embed_text('gold')", &[]), "55000", "is not a local model");
+    use_model_embedder();
+    let memories = [
+        "Petroleum costs jumped when the cartel slashed output",
+        "Monetary authorities hiked borrowing costs, aiming at rising consumer prices",
+        "Shares of software companies plunged while traders dumped high-valuation equities",
+        "Bullion climbed; people wanted protection during turmoil",
+        "This firm posted its best three-month profit ever",
+    ];
+    let queries = [
+        "Crude oil prices surged after OPEC announced production cuts",
+        "The central bank raised interest rates to fight inflation",
+        "Tech stocks tumbled as investors fled growth names",
+        "Gold rallied because buyers sought a safe haven",
+        "The company reported record quarterly earnings",
+    ];
+    insert_signals_at_once(&t, &memories.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    // the embedder worker (not the scheduler) embeds them, each from its current input
+    let (done, dead) = wait_settled(&t, "it-model", 5, 60);
+    assert_eq!((done, dead), (5, 0));
+    assert_eq!(stale_vectors(&t), 0);
+    let runner: String = admin()
+        .query_one(
+            "select runner from quantops.job_runs where job = 'refresh-embeddings' and details->>'embedder' = 'it-model' order by id desc limit 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(runner, "embedder worker");
+    // an agent searches its memory with a text: each query finds its paraphrase first
+    for (q, want) in queries.iter().zip(memories) {
+        let rows = request(
+            &Who::User(USER_A.into()),
+            "select rationale from quantops.match_signals(quantops.embed_text($1), 1, jsonb_build_object('strategy', $2::text))",
+            &[q, &t],
+        )
+        .unwrap();
+        let got: String = rows[0].get(0);
+        assert_eq!(got, want, "the query {q:?} found {got:?}");
+    }
+    // embed_text gives the stored vector of the same text (the worker's rows and the ad-hoc
+    // path are the same model): cosine 1
+    let cos: f64 = admin()
+        .query_one(
+            "select 1 - (s.embedding <=> quantops.embed_text(s.rationale)) from quantops.signal_embeddings s where s.strategy = $1 limit 1",
+            &[&t],
+        )
+        .unwrap()
+        .get(0);
+    assert!(cos > 0.999999, "cosine {cos}");
+    // NULL in, NULL out; too long a text is refused (22023); anon may not call it (42501)
+    let null: Option<pgvector::Vector> = admin().query_one("select quantops.embed_text(null)", &[]).unwrap().get(0);
+    assert!(null.is_none());
+    expect_err(
+        request(&Who::User(USER_A.into()), "select quantops.embed_text(repeat('x', 20000))", &[]),
+        "22023",
+        "longer than embed_text takes",
+    );
+    expect_err(request(&Who::Anon, "select quantops.embed_text('gold')", &[]), "42501", "permission denied");
+    // the model lives in the embedder worker only: a path is never a model name (22023), and a
+    // model folder that is not there is refused when the embedder is registered (55000)
+    expect_err(
+        request(&Who::ServiceRole, "select quantops.register_embedder('it-model-bad', 'model', 384, '{\"model\": \"../etc\"}')", &[]),
+        "22023",
+        "must be the name of a folder",
+    );
+    expect_err(
+        request(
+            &Who::ServiceRole,
+            "select quantops.register_embedder('it-model-bad', 'model', 384, '{\"model\": \"no-such-model\"}')",
+            &[],
+        ),
+        "55000",
+        "no readable config.json",
+    );
+    expect_err(
+        request(
+            &Who::ServiceRole,
+            "select quantops.register_embedder('it-model-bad', 'model', 768, '{\"model\": \"all-MiniLM-L6-v2\"}')",
+            &[],
+        ),
+        "22023",
+        "gives 384 dimensions, not 768",
+    );
+    let workers: i64 = scalar_i64(&mut admin(), "select count(*) from pg_stat_activity where backend_type = 'quantops embedder'");
+    assert_eq!(workers, 1);
+}

@@ -282,6 +282,7 @@ fn role_matrix_boundaries_are_pinned() {
         set(&[
             "_audit_payload(quantops.audit_log)",
             "_caller_role()",
+            "_embed_text(text)",
             "_embedding_http_state()",
             "_finite(double precision)",
             "_finite_array(double precision[])",

@@ -45,6 +45,27 @@ pub enum Kind {
     Series(SeriesParams),
     Hashing(HashingParams),
     Http(HttpParams),
+    Model(ModelParams),
+}
+
+/// The built-in local sentence model (see `model/`): run by the quantops embedder worker only.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelParams {
+    /// the model's folder under quantops.model_dir (a name, never a path)
+    pub model: String,
+    /// the text embedded for a signal, as for the http embedder
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// rows leased per step (the model batches them by length itself)
+    #[serde(default = "default_model_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_attempts")]
+    pub max_attempts: i32,
+}
+
+fn default_model_batch() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -232,6 +253,22 @@ impl Embedder {
                 }
                 Kind::Http(h)
             }
+            "model" => {
+                let m: ModelParams = serde_json::from_value(params.clone()).map_err(p)?;
+                if !crate::embedding::model::valid_name(&m.model) {
+                    return Err(ParamError::Params(format!(
+                        "model must be the name of a folder under quantops.model_dir (letters, digits, '.', '_', '-'), not \"{}\"",
+                        m.model
+                    )));
+                }
+                if !(1..=4096).contains(&m.batch_size) {
+                    return Err(ParamError::Params("batch_size must be between 1 and 4096".into()));
+                }
+                if !(1..=100).contains(&m.max_attempts) {
+                    return Err(ParamError::Params("max_attempts must be between 1 and 100".into()));
+                }
+                Kind::Model(m)
+            }
             other => return Err(ParamError::UnknownKind(other.to_string())),
         };
         Ok(Embedder { name: name.to_string(), version, dims: dims as usize, kind })
@@ -243,11 +280,23 @@ impl Embedder {
             Kind::Series(_) => "series",
             Kind::Hashing(_) => "hashing",
             Kind::Http(_) => "http",
+            Kind::Model(_) => "model",
         }
     }
 
+    /// Embedded in the backend that asks (features, series, hashing); else by a worker only:
+    /// the http provider is called between transactions and the model lives in the embedder worker.
     pub fn is_builtin(&self) -> bool {
-        !matches!(self.kind, Kind::Http(_))
+        !matches!(self.kind, Kind::Http(_) | Kind::Model(_))
+    }
+
+    /// The text template of an embedder that embeds text (http, model).
+    pub fn template(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Http(p) => Some(&p.template),
+            Kind::Model(p) => Some(&p.template),
+            _ => None,
+        }
     }
 }
 
@@ -308,6 +357,12 @@ pub fn input_hash(e: &Embedder, row: &SignalInput) -> Result<[u8; 32], RowError>
         }
         Kind::Http(p) => {
             h.update(b"http\0");
+            h.update(render(&p.template, row).as_bytes());
+        }
+        Kind::Model(p) => {
+            h.update(b"model\0");
+            h.update(p.model.as_bytes());
+            h.update([0u8]);
             h.update(render(&p.template, row).as_bytes());
         }
     }
@@ -436,7 +491,7 @@ pub fn embed_one(e: &Embedder, row: &SignalInput, projection: Option<&[f32]>) ->
             l2_normalise(&mut out, "this text")?;
             out
         }
-        Kind::Http(_) => unreachable!("http embeddings come from the provider"),
+        Kind::Http(_) | Kind::Model(_) => unreachable!("http and model embeddings come from a worker"),
     };
     check_finite(&out)?;
     Ok(out)
@@ -480,6 +535,15 @@ fn tokens(p: &HashingParams, row: &SignalInput) -> Vec<String> {
         }
     }
     out
+}
+
+/// A local model's vector for one row: the embedder's dimension, finite (the model normalised it).
+pub fn check_model_vector(v: Vec<f32>, dims: usize) -> Result<Vec<f32>, RowError> {
+    if v.len() != dims {
+        return Err(RowError::Permanent(format!("the model gives {} dimensions; the embedder has {dims}", v.len())));
+    }
+    check_finite(&v)?;
+    Ok(v)
 }
 
 /// The text an HTTP embedder sends for a row.

@@ -16,8 +16,12 @@ pub enum EmbeddingError {
     UnknownVersion { name: String, version: i32 },
     #[error("no embedder is active")]
     NoneActive,
-    #[error("embedder \"{0}\" is an http embedder")]
-    HttpInSql(String),
+    #[error("embedder \"{name}\" is a{} {kind} embedder", if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "n" } else { "" })]
+    WorkerOnly { name: String, kind: &'static str },
+    #[error("the local model is not available: {0}")]
+    ModelUnavailable(String),
+    #[error("embed_text needs the quantops embedder worker, which is not running")]
+    NoEmbedderWorker,
     #[error("embedder dims {dims} do not match the configured dims ({})", configured.map(|c| c.to_string()).unwrap_or_else(|| "none".into()))]
     Dims { dims: i32, configured: Option<i32> },
     #[error("invalid {what}: {why}")]
@@ -35,9 +39,11 @@ impl SqlError for EmbeddingError {
             EmbeddingError::Null(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             EmbeddingError::Invalid(_) | EmbeddingError::Argument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => ERRCODE_UNDEFINED_OBJECT,
-            EmbeddingError::NoneActive | EmbeddingError::HttpInSql(_) | EmbeddingError::Dims { .. } => {
-                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
+            EmbeddingError::NoneActive
+            | EmbeddingError::WorkerOnly { .. }
+            | EmbeddingError::Dims { .. }
+            | EmbeddingError::ModelUnavailable(_)
+            | EmbeddingError::NoEmbedderWorker => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             EmbeddingError::Egress(crate::embedding::egress::EgressError::NotAllowed { .. }) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             EmbeddingError::Egress(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             // SPI itself failed (a PostgreSQL ERROR keeps its own SQLSTATE): a bug in quantops
@@ -46,17 +52,24 @@ impl SqlError for EmbeddingError {
     }
     fn detail(&self) -> Option<String> {
         match self {
-            EmbeddingError::HttpInSql(_) => {
+            EmbeddingError::WorkerOnly { kind: "http", .. } => {
                 Some("an http provider is called only from the scheduler worker, never inside an open transaction".into())
             }
+            EmbeddingError::WorkerOnly { .. } => Some("the local model lives in the quantops embedder worker only".into()),
             _ => None,
         }
     }
     fn hint(&self) -> Option<String> {
         match self {
             EmbeddingError::NoneActive => Some("register one with quantops.register_embedder(..., activate => true)".into()),
-            EmbeddingError::HttpInSql(_) => {
+            EmbeddingError::WorkerOnly { .. } => {
                 Some("put quantops in shared_preload_libraries; the worker drains the queue (see quantops.embedding_status)".into())
+            }
+            EmbeddingError::NoEmbedderWorker => Some(
+                "put quantops in shared_preload_libraries and call it on the primary (the worker does not run on a standby); see quantops.workers".into(),
+            ),
+            EmbeddingError::ModelUnavailable(_) => {
+                Some("a superuser sets quantops.model_dir to the folder of the models (scripts/bootstrap.sh installs all-MiniLM-L6-v2)".into())
             }
             EmbeddingError::Dims { .. } => {
                 Some("run quantops.configure(dims => ...) first, or register the embedder with the configured dims".into())

@@ -2,13 +2,18 @@
 //! worker, retries and dead letters, history for as-of reads.
 //!
 //! core.rs, batch.rs, egress.rs, jsonb.rs: pure. http.rs: the provider client (no PostgreSQL).
-//! store.rs: its SPI. sql.rs: the `#[pg_extern]` surface. worker.rs: the drain the worker runs.
+//! store.rs: its SPI. sql.rs: the `#[pg_extern]` surface. worker.rs: the drain the workers run.
+//! model/: the local sentence model (pure); local.rs: its home in the embedder worker; ask.rs:
+//! embed_text's way there (shared memory).
+pub mod ask;
 pub mod batch;
 pub mod core;
 pub mod egress;
 pub mod error;
 pub mod http;
 pub mod jsonb;
+pub mod local;
+pub mod model;
 pub mod sql;
 pub mod store;
 pub mod worker;

@@ -52,6 +52,15 @@ fn register_embedder(
         let sends_key = h.api_key_secret.is_some() || crate::gucs::embedding_api_key_file().is_some();
         super::egress::check(&h.url, &crate::gucs::embedding_allowed_hosts(), sends_key).map_err(EmbeddingError::Egress)?;
     }
+    // a local model: its folder must be there (a name under the superuser's quantops.model_dir;
+    // only its config.json is read here, the model itself only ever by the embedder worker)
+    if let super::core::Kind::Model(m) = &parsed.kind {
+        let hidden =
+            super::model::configured_dims(crate::gucs::model_dir().as_deref(), &m.model).map_err(EmbeddingError::ModelUnavailable)?;
+        if hidden != dims as usize {
+            return Err(EmbeddingError::Invalid(format!("model \"{}\" gives {hidden} dimensions, not {dims}", m.model)).into());
+        }
+    }
     let configured = configured_dims()?;
     if configured != Some(dims) {
         return Err(EmbeddingError::Dims { dims, configured }.into());
@@ -284,6 +293,55 @@ comment on view quantops.embedding_status is
 "#,
     name = "embedding_status_view",
     requires = [embedding_http_state]
+);
+
+/// The local model's vector of a text (a query for match_signals, say), computed by the embedder
+/// worker that holds the active model (kind `model`); the text is embedded as is, without the
+/// embedder's template. Writes nothing. `quantops.embed_text(text)` returns it as a `vector`.
+#[pg_extern(security_definer, stable, parallel_restricted, name = "_embed_text")]
+#[search_path(pg_catalog, pg_temp)]
+fn embed_text_real(input: &str) -> Result<Vec<f32>, ErrorReport> {
+    if input.len() > super::ask::MAX_TEXT {
+        return Err(EmbeddingError::Argument {
+            what: "input",
+            why: format!("{} bytes is longer than embed_text takes ({} bytes)", input.len(), super::ask::MAX_TEXT),
+        }
+        .into());
+    }
+    let e = active()?.ok_or(EmbeddingError::NoneActive)?;
+    let super::core::Kind::Model(m) = &e.kind else {
+        return Err(
+            EmbeddingError::ModelUnavailable(format!("the active embedder \"{}\" is not a local model (kind model)", e.name)).into()
+        );
+    };
+    let v = match super::ask::ask(&m.model, input) {
+        Ok(v) => v,
+        Err(super::ask::AskError::NoWorker) => return Err(EmbeddingError::NoEmbedderWorker.into()),
+        Err(super::ask::AskError::Failed(msg)) => return Err(EmbeddingError::ModelUnavailable(msg).into()),
+    };
+    if v.len() != e.dims {
+        return Err(EmbeddingError::ModelUnavailable(format!("the model gives {} dimensions; the embedder has {}", v.len(), e.dims)).into());
+    }
+    Ok(v)
+}
+pgrx::extension_sql!(
+    r#"
+insert into quantops.routine_grants (routine, tier) values ('quantops._embed_text(text)', 'authenticated');
+-- the vector form: pgvector's assignment cast from real[] (found by type, not by name)
+create function quantops.embed_text(input text) returns vector
+language plpgsql stable strict parallel restricted
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  return quantops._embed_text(input);
+end
+$$;
+insert into quantops.routine_grants (routine, tier) values ('quantops.embed_text(text)', 'authenticated');
+comment on function quantops.embed_text(text) is
+  'the active local model''s vector of a text (Supabase RPC; e.g. match_signals(quantops.embed_text(''...''))), computed by the quantops embedder worker';
+"#,
+    name = "embed_text_vector",
+    requires = [embed_text_real]
 );
 
 /// Registers a commit-time wake-up of the scheduler worker (called by the enqueue trigger).

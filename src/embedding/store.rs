@@ -385,7 +385,7 @@ pub fn backlog() -> i64 {
 pub fn builtin_active() -> Result<(Embedder, VectorType), EmbeddingError> {
     let e = active()?.ok_or(EmbeddingError::NoneActive)?;
     if !e.is_builtin() {
-        return Err(EmbeddingError::HttpInSql(e.name.clone()));
+        return Err(EmbeddingError::WorkerOnly { name: e.name.clone(), kind: e.kind_name() });
     }
     Ok((e, vector_type()))
 }

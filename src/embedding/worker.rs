@@ -32,13 +32,16 @@ fn pause(who: Option<(&str, i32)>) {
     PAUSED.with(|p| *p.borrow_mut() = Some((Instant::now() + Duration::from_secs(30), who.map(|(n, v)| (n.to_string(), v)))));
 }
 
-/// The worker's pass (the registry's `each_pass`): drains the queue.
+/// The scheduler's pass (the registry's `each_pass`): drains the queue, unless the active
+/// embedder is the local model, which only the embedder worker runs.
 pub fn each_pass() {
-    drain();
+    drain(false);
 }
 
 /// Drains ready work, recording the run in job_runs when there was any. Returns rows handled.
-pub fn drain() -> i64 {
+/// `model`: the embedder worker's drain (the local model only); else the scheduler's (any other
+/// embedder).
+pub fn drain(model: bool) -> i64 {
     if paused(None) {
         return 0;
     }
@@ -54,7 +57,7 @@ pub fn drain() -> i64 {
         Ok(Err(err)) => return stop("cannot use the active embedder", err.to_string()),
         Err(m) => return stop("could not read the active embedder", m),
     };
-    if paused(Some((&e.name, e.version))) {
+    if paused(Some((&e.name, e.version))) || model != matches!(e.kind, Kind::Model(_)) {
         return 0;
     }
     let ready = match in_transaction(store::ready_count) {
@@ -64,7 +67,7 @@ pub fn drain() -> i64 {
     if ready == 0 {
         return 0;
     }
-    let run_id = match in_transaction(|| jobs::store::begin_run("refresh-embeddings", "worker")) {
+    let run_id = match in_transaction(|| jobs::store::begin_run("refresh-embeddings", if model { "embedder worker" } else { "worker" })) {
         Ok(id) => id,
         Err(m) => return stop("could not record its start", m),
     };
@@ -81,7 +84,7 @@ pub fn drain() -> i64 {
                 store::drain(&e2, &vt, 10_000, Duration::from_secs(5), 2000)
             })
         } else {
-            http_pipeline(&e, t0 + DRAIN_BUDGET)
+            pipeline(&e, t0 + DRAIN_BUDGET)
         };
         match step {
             Ok(b) => {
@@ -167,11 +170,26 @@ fn api_key(secret: &Option<String>) -> Result<Option<String>, String> {
 /// whole embedder down ([`emb::Aimd`]), not only its rows. The main thread waits on its latch, so
 /// a SIGTERM stops the worker within moments even with slow requests out: their leases are given
 /// back and the rows stay queued. Runs until nothing is ready, the deadline, or a stop.
-fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
-    let Kind::Http(p) = &e.kind else {
-        return Err(format!("embedder \"{}\" is not an http embedder", e.name));
+///
+/// The local model (kind `model`, in the embedder worker) takes the same path: a batch leased,
+/// embedded on the model's threads while the next is leased, written back with the same
+/// compare-and-set; two batches in flight keep its threads busy.
+fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
+    let p = match &e.kind {
+        Kind::Http(p) => Shape {
+            lease_s: (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0,
+            concurrency: p.concurrency,
+            batch_size: p.batch_size,
+            max_attempts: p.max_attempts,
+            timeout_ms: p.timeout_ms,
+        },
+        Kind::Model(m) => {
+            Shape { lease_s: 300.0, concurrency: 2, batch_size: m.batch_size, max_attempts: m.max_attempts, timeout_ms: 120_000 }
+        }
+        _ => return Err(format!("embedder \"{}\" is embedded in the backend, not by a worker", e.name)),
     };
-    let lease_s = (p.timeout_ms as f64 / 1000.0) * 2.0 + 5.0;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lease_s = p.lease_s;
     let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Result<Vec<f32>, RowError>>)>();
     let mut flight: std::collections::HashMap<u64, Vec<Leased>> = std::collections::HashMap::new();
     let mut next_id = 0u64;
@@ -184,6 +202,8 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
     // `concurrency` requests of this embedder, even across an error and the next pass
     let wait_ms = p.timeout_ms + 1000;
     let give_back = |flight: &mut std::collections::HashMap<u64, Vec<Leased>>| {
+        // the model stops between its batches
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut out = flight.len();
         while out > 0 && !crate::runtime::stopping() && Instant::now() < until {
@@ -207,7 +227,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
         while !drained && flight.len() < ctl.limit() && ctl.may_send(Instant::now()) && Instant::now() < deadline {
             // a reload (a smaller allowlist, say) takes effect before the next request
             crate::runtime::reload_if_asked();
-            let provider_now = match request_target(e, p) {
+            let provider_now = match target(e) {
                 Ok(pr) => pr,
                 Err(m) => {
                     give_back(&mut flight);
@@ -232,11 +252,11 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
             }
             // fresh rows in one request (split on a permanent error); earlier failures one by one
             let jobs: Vec<(String, bool)> = leased.iter().map(|l| (l.text.clone(), l.retry)).collect();
-            let (id, txc, pr) = (next_id, tx.clone(), provider_now);
+            let (id, txc, pr, dims, stop) = (next_id, tx.clone(), provider_now, e.dims, cancel.clone());
             next_id += 1;
-            let spawned = std::thread::Builder::new().name("quantops-http".into()).spawn(move || {
+            let spawned = std::thread::Builder::new().name("quantops-embed".into()).spawn(move || {
                 crate::threads::block_signals();
-                let _ = txc.send((id, call_provider(&pr, &jobs)));
+                let _ = txc.send((id, call(&pr, &jobs, dims, &stop)));
             });
             if let Err(err) = spawned {
                 release(&leased);
@@ -254,6 +274,7 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
             }
             // held by a rate-limit wait: sleep until it ends (or a stop)
             wait_latch(5);
+            serve_asks();
             continue;
         }
         // 2. write each answer as it arrives
@@ -283,7 +304,10 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
                 // rows may have been enqueued (or become ready) meanwhile
                 drained = false;
             }
-            Err(std::sync::mpsc::TryRecvError::Empty) => wait_latch(5),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                wait_latch(5);
+                serve_asks();
+            }
             // cannot happen: this function holds a sender
             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                 give_back(&mut flight);
@@ -295,6 +319,46 @@ fn http_pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String
     out.peak_in_flight = peak as i64;
     out.last_throttle_ms = ctl.last_wait_ms().map(|w| w as i64);
     Ok(out)
+}
+
+/// What one embedder's pipeline needs to know of it.
+struct Shape {
+    lease_s: f64,
+    concurrency: usize,
+    batch_size: usize,
+    max_attempts: i32,
+    timeout_ms: u64,
+}
+
+/// Where a leased batch goes: the HTTP provider, or the local model this worker holds.
+enum Target {
+    Http(Provider),
+    Model(std::sync::Arc<super::model::Model>, &'static rayon::ThreadPool),
+}
+
+fn target(e: &Embedder) -> Result<Target, String> {
+    match &e.kind {
+        Kind::Http(p) => request_target(e, p).map(Target::Http),
+        Kind::Model(m) => {
+            let (model, pool) = super::local::loaded(&m.model)?;
+            Ok(Target::Model(model, pool))
+        }
+        _ => Err(format!("embedder \"{}\" is embedded in the backend, not by a worker", e.name)),
+    }
+}
+
+/// Embeds a leased batch (off the main thread: no PostgreSQL here).
+fn call(t: &Target, jobs: &[(String, bool)], dims: usize, cancel: &std::sync::atomic::AtomicBool) -> Vec<Result<Vec<f32>, RowError>> {
+    match t {
+        Target::Http(p) => call_provider(p, jobs),
+        Target::Model(m, pool) => {
+            let texts: Vec<&str> = jobs.iter().map(|(t, _)| t.as_str()).collect();
+            match m.embed(&texts, pool, cancel) {
+                Ok(vecs) => vecs.into_iter().map(|v| emb::check_model_vector(v, dims)).collect(),
+                Err(msg) => jobs.iter().map(|_| Err(RowError::Retryable { msg: msg.clone(), retry_after_ms: None })).collect(),
+            }
+        }
+    }
 }
 
 /// The provider to call now: the allowlist is read before every request (a superuser may shrink
@@ -316,6 +380,13 @@ fn request_target(e: &Embedder, p: &emb::HttpParams) -> Result<Provider, String>
         timeout: Duration::from_millis(p.timeout_ms),
         api_key,
     })
+}
+
+/// In the embedder worker, answers embed_text while a drain waits for its batches.
+fn serve_asks() {
+    if super::local::is_embedder_worker() {
+        super::ask::serve();
+    }
 }
 
 /// Waits on the worker's latch for at most `ms` milliseconds.
@@ -374,8 +445,8 @@ pub struct Leased {
 }
 
 fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String> {
-    let Kind::Http(p) = &e.kind else {
-        return Err(format!("embedder \"{}\" is not an http embedder", e.name));
+    let Some(template) = e.template() else {
+        return Err(format!("embedder \"{}\" does not embed text", e.name));
     };
     if !store::still_active(e) {
         return Ok(Vec::new());
@@ -421,7 +492,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
     let mut unchanged = Vec::new();
     let (mut ids, mut hashes) = (Vec::new(), Vec::new());
     for (id, attempts, input, stored, force, retry) in rows {
-        // an http embedder hashes its rendered text: it cannot fail
+        // a text embedder hashes its rendered text: it cannot fail
         let h = match emb::input_hash(e, &input) {
             Ok(h) => h.to_vec(),
             Err(err) => return Err(format!("hashing signal {id} failed: {}", err.message())),
@@ -432,7 +503,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
         }
         ids.push(id);
         hashes.push(h.clone());
-        leased.push(Leased { id, attempts, text: emb::render(&p.template, &input), hash: h, retry });
+        leased.push(Leased { id, attempts, text: emb::render(template, &input), hash: h, retry });
     }
     if !unchanged.is_empty() {
         crate::spi::run("dequeuing unchanged rows", "delete from quantops.embedding_queue where signal_id = any($1)", &[unchanged.into()]);

@@ -61,30 +61,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
-    // The worker is a superuser session of a database that another role may own (Supabase: the
-    // database belongs to postgres, who may ALTER DATABASE ... SET): no such setting decides what
-    // it runs or stops it. search_path pg_catalog first and pg_temp last (every quantops object it
-    // uses is schema-qualified); its own role; no read-only default, no timeouts, the default
-    // tablespaces. These win over the database's and role's settings for the life of the process.
-    // SAFETY: the worker's main thread, before any transaction.
-    for (name, value) in [
-        (c"search_path", c"pg_catalog, pg_temp"),
-        (c"role", c"none"),
-        (c"default_transaction_read_only", c"off"),
-        (c"default_transaction_isolation", c"read committed"),
-        (c"statement_timeout", c"0"),
-        (c"lock_timeout", c"0"),
-        (c"idle_in_transaction_session_timeout", c"0"),
-        (c"default_tablespace", c""),
-        (c"temp_tablespaces", c""),
-        (c"session_replication_role", c"origin"),
-    ] {
-        // SAFETY: the worker's main thread, before any transaction; both names are NUL-terminated
-        // C strings of GUCs PostgreSQL defines
-        unsafe {
-            pg_sys::SetConfigOption(name.as_ptr(), value.as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
-        }
-    }
+    super::harden_session();
     log!("{NAME} started in database \"{db}\"");
     // SAFETY: MyProcPid is set once at process start and only read
     set_scheduler_pid(unsafe { pg_sys::MyProcPid });
