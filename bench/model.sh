@@ -28,17 +28,7 @@ for t in 1 2; do
   out+=("$("$ROOT/target/release/examples/model_bench" "$MODEL" "$SENTENCES" "$t")")
   out+=("$("$VENV/bin/python" bench/model/onnx_reference.py bench "$MODEL" "$SENTENCES" "$t")")
 done
-printf '%s\n' "${out[@]}" | python3 -c '
-import json, sys
-rows = [json.loads(l) for l in sys.stdin if l.strip()]
-print(f"{nproc} cores; 1,000 sentences, all-MiniLM-L6-v2 fp32".format(nproc=__import__("os").cpu_count()))
-print(f"  {\"engine\":28s} {\"threads\":>7s} {\"seconds\":>8s} {\"sentences/s\":>12s} {\"vs onnxruntime\":>15s} {\"ms/sentence\":>12s}")
-for t in (1, 2):
-    q = next(r for r in rows if r["threads"] == t and r["engine"].startswith("quantops"))
-    o = next(r for r in rows if r["threads"] == t and r["engine"].startswith("onnxruntime"))
-    for r in (q, o):
-        print(f"  {r[\"engine\"]:28s} {t:7d} {r[\"seconds\"]:8.3f} {r[\"per_s\"]:12.1f} {r[\"per_s\"] / o[\"per_s\"]:15.2f} {1000 * r[\"seconds\"] / r[\"sentences\"]:12.2f}")
-'
+printf '%s\n' "${out[@]}" | python3 bench/model/table.py
 
 # inside PostgreSQL: the embedder worker
 ROWS=${1:-5000}
