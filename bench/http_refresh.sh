@@ -8,6 +8,12 @@
 #         0.1.0: one request at a time): rows/s from the commit of the insert to an empty queue
 # and, at 0 ms and c = 4: an edit of 1,000 rows until all are fresh again (s), and an update of a
 # column the embedder does not read (rows enqueued: 0 expected). Prints rows/s and W/C.
+#   P(b, c) pgai's vectorizer worker (PyPI pgai 0.12.1, its SQL installed by pgai.install into the
+#         same cluster; .cache/venv-pgai) on the same rows of a fresh table, the same provider,
+#         batch size b and concurrency c (PGAI_CONFIGS, default "64:1 64:4 64:8 256:4"), polling
+#         every second: rows/s from the commit of the insert to an empty queue; with b:c = 64:4 at
+#         0 ms also the edit of 1,000 rows and the texts it re-embeds after an unrelated update
+#         (counted by the provider). PGAI=0 skips it.
 # Runs on a cluster of its own (port $BENCH_PORT, default 55433, in .cache/bench-cluster), reset at
 # every run and stopped at the end.
 # usage: bash bench/http_refresh.sh [ROWS]     (LATENCIES="0 150" and CONCURRENCIES="1 4 8" by default)
@@ -55,6 +61,66 @@ insert_rows() {
         from generate_series(1, $ROWS) g" >/dev/null
 }
 
+# pgai's vectorizer worker, in a venv of its own (its vectorizer-worker extra without docling,
+# pymupdf and the cloud SDKs, which pull torch and are not used for text in a column)
+PGAI=${PGAI:-1}
+PGAI_VENV=$ROOT/.cache/venv-pgai
+if [ "$PGAI" = 1 ]; then
+  if ! "$PGAI_VENV/bin/python" -c 'from pgai.vectorizer import Worker' 2>/dev/null; then
+    python3 -m venv "$PGAI_VENV"
+    "$PGAI_VENV/bin/pip" install --quiet pgai==0.12.1 "openai<2.0,>=1.44" "tiktoken<1.0,>=0.7" "langchain-text-splitters<1.0,>=0.2" \
+      "pgvector<1.0,>=0.3" "ijson>=3.3.0" "filetype==1.2.0" "smart-open==7.1.0" exceptiongroup "boto3<2.0,>=1.35.0" "ollama<0.6.0,>=0.4.5" \
+      "litellm<1.73.0,>=1.65.0" "voyageai<0.3.2,>=0.3.1" tokenizers "mistral-common<2.0,>=1.0"
+  fi
+  "$PGAI_VENV/bin/python" -c 'from pgai.vectorizer import Worker' || { echo "http_refresh.sh: pgai's worker does not import" >&2; exit 1; }
+  # as on Supabase, where every role's search_path holds extensions (pgvector's schema)
+  DB_URL="$(bash scripts/cluster.sh url)&options=-csearch_path%3Dpublic%2Cextensions"
+  "$PGAI_VENV/bin/python" -c 'import pgai, sys; pgai.install(sys.argv[1])' "$DB_URL" >/dev/null
+fi
+PK=0
+provider_vectors() { python3 -c "
+import json, sys, urllib.request
+print(json.load(urllib.request.urlopen(sys.argv[1].replace('/v1/embeddings', '/stats')))['vectors'])" "$FAKE_URL"; }
+pgai_run() { # latency batch concurrency -> prints a row
+  local lat=$1 b=$2 c=$3 vid wpid t0 s
+  PK=$((PK + 1))
+  local t=public.pgai_bench_$PK
+  q -c "create table $t (id bigint generated always as identity primary key, body text not null, other int not null default 0,
+                         embedding extensions.vector(384))" >/dev/null
+  vid=$(q -c "set client_min_messages = warning" -c "select ai.create_vectorizer('$t'::regclass, loading => ai.loading_column('body'),
+          embedding => ai.embedding_openai('fake-embed-1', 384, base_url => '${FAKE_URL%/embeddings}'),
+          chunking => ai.chunking_none(), destination => ai.destination_column('embedding'), indexing => ai.indexing_none(),
+          scheduling => ai.scheduling_none(), processing => ai.processing_default(batch_size => $b, concurrency => $c))")
+  OPENAI_API_KEY=fake "$PGAI_VENV/bin/pgai" vectorizer worker -d "$DB_URL" -i "$vid" --poll-interval 1s -c "$c" --log-level error >/dev/null 2>&1 &
+  wpid=$!
+  sleep 3
+  pending() { q -c "select ai.vectorizer_queue_pending($vid, exact_count => true)"; }
+  wait_pgai() {
+    local t0=$1
+    while [ "$(pending)" != 0 ] || [ "$(q -c "select count(*) from $t where embedding is null")" != 0 ]; do
+      kill -0 "$wpid" 2>/dev/null || { echo "http_refresh.sh: the pgai worker exited (run it by hand to see why)" >&2; exit 1; }
+      sleep 0.05
+    done
+    calc "$(now) - $t0"
+  }
+  t0=$(now)
+  q -c "insert into $t (body) select 'bench memory ' || g || ': momentum breakout above the 50 day high on volume' from generate_series(1, $ROWS) g" >/dev/null
+  s=$(wait_pgai "$t0")
+  printf "  %-10s %-5s %14s %14.0f %8s   pgai worker, batch %s\n" "${lat} ms" "$c" "" "$(calc "$ROWS / $s")" "" "$b"
+  PGAI_BEST[$lat]=$(calc "max(${PGAI_BEST[$lat]:-0}, $ROWS / $s)")
+  if [ "$lat" = 0 ] && [ "$b:$c" = 64:4 ]; then
+    t0=$(now)
+    q -c "update $t set body = body || ' (edited)' where id <= 1000" >/dev/null
+    PGAI_EDIT_S=$(wait_pgai "$t0")
+    local before; before=$(provider_vectors)
+    q -c "update $t set other = other + 1" >/dev/null
+    sleep 1; wait_pgai "$(now)" >/dev/null; sleep 2; wait_pgai "$(now)" >/dev/null
+    PGAI_UNRELATED=$(( $(provider_vectors) - before ))
+  fi
+  kill "$wpid" 2>/dev/null || true; wait "$wpid" 2>/dev/null || true
+}
+declare -A PGAI_BEST QO_W
+
 echo "HTTP embedding path: $ROWS rows, 384 dimensions, batch 64, $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(q -c 'select version()' | cut -d' ' -f1-2)"
 printf "  %-10s %-5s %14s %14s %8s   %s\n" "latency" "c" "ceiling rows/s" "worker rows/s" "W/C" "ms per request: lease / write-back"
 n=0
@@ -77,6 +143,7 @@ for LAT in ${LATENCIES:-0 150}; do
                        round(sum((details->>'write_ms')::numeric) / greatest(sum((details->>'requests')::numeric), 1), 1)
                 from quantops.job_runs where job = 'refresh-embeddings' and details->>'embedder' = 'bench-http-$n'")
     printf "  %-10s %-5s %14.0f %14.0f %8.2f   %s\n" "${LAT} ms" "$C" "$ceiling" "$w" "$(calc "$w / $ceiling")" "$per"
+    QO_W[$LAT:$C]=$w
     if [ "$LAT" = 0 ] && [ "$C" = 4 ]; then
       t0=$(now)
       q -c "update quantops.signal_embeddings set rationale = rationale || ' (edited)' where strategy = 'bench' and symbol in (select 'S' || g from generate_series(1, 1000) g)" >/dev/null
@@ -85,9 +152,18 @@ for LAT in ${LATENCIES:-0 150}; do
       UNRELATED=$(q -c "select count(*) from quantops.embedding_queue")
     fi
   done
+  if [ "$PGAI" = 1 ]; then
+    for PC in ${PGAI_CONFIGS:-64:1 64:4 64:8 256:4}; do pgai_run "$LAT" "${PC%%:*}" "${PC##*:}"; done
+  fi
   kill "$FAKE_PID" 2>/dev/null || true; FAKE_PID=""
 done
 if [ -n "${EDIT_S:-}" ]; then
   printf "  an edit of 1,000 rows, fresh again after: %.2f s (0 ms, c = 4)\n" "$EDIT_S"
   echo "  an update of a column the embedder does not read enqueued: $UNRELATED rows"
+fi
+if [ "$PGAI" = 1 ]; then
+  for LAT in ${LATENCIES:-0 150}; do
+    printf "  %s ms: pgai's best %.0f rows/s; quantops at c = 4: %.2fx of it\n" "$LAT" "${PGAI_BEST[$LAT]}" "$(calc "${QO_W[$LAT:4]:-0} / ${PGAI_BEST[$LAT]}")"
+  done
+  [ -n "${PGAI_EDIT_S:-}" ] && printf "  pgai: an edit of 1,000 rows fresh again after %.2f s; an unrelated update re-embedded %s texts\n" "$PGAI_EDIT_S" "$PGAI_UNRELATED"
 fi
