@@ -11,26 +11,11 @@ use crate::runtime::{reload_if_asked, stopping};
 use crate::xact::in_transaction;
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
-use std::time::Duration;
 
 pub const NAME: &str = "quantops embedder";
 
 pub fn register() {
-    BackgroundWorkerBuilder::new(NAME)
-        .set_type(NAME)
-        .set_function("quantops_embedder_main")
-        .set_library("quantops")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
-}
-
-fn extension_installed() -> bool {
-    crate::spi::read_one::<bool>("select exists (select 1 from pg_catalog.pg_extension where extname = 'quantops')", &[])
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    super::register_worker(NAME, "quantops_embedder_main");
 }
 
 #[pg_guard]
@@ -54,21 +39,12 @@ pub extern "C-unwind" fn quantops_embedder_main(_arg: pg_sys::Datum) {
         if !gucs::enabled() {
             continue;
         }
-        match in_transaction(extension_installed) {
+        match in_transaction(super::extension_installed) {
             Ok(true) => {}
             _ => continue,
         }
         if !marked_interrupted {
-            marked_interrupted = in_transaction(|| {
-                crate::spi::run(
-                    "marking interrupted runs",
-                    "update quantops.job_runs set status = 'failed', finished_at = pg_catalog.clock_timestamp(), \
-                       error = 'interrupted: the worker stopped before the run ended' \
-                     where status = 'running' and runner = 'embedder worker' and pid <> pg_catalog.pg_backend_pid()",
-                    &[],
-                )
-            })
-            .is_ok();
+            marked_interrupted = in_transaction(|| super::mark_interrupted("embedder worker")).is_ok();
         }
         // the local model's rows; embed_text is answered between its steps too
         while drain::drain(true) > 0 && !stopping() {

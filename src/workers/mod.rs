@@ -13,6 +13,40 @@ pub fn register() {
     embedder::register();
 }
 
+/// Registers a quantops background worker: started after recovery (never on a standby), with
+/// SPI, restarted by the postmaster 5 s after a crash.
+fn register_worker(name: &str, function: &str) {
+    use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+    BackgroundWorkerBuilder::new(name)
+        .set_type(name)
+        .set_function(function)
+        .set_library("quantops")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(std::time::Duration::from_secs(5)))
+        .load();
+}
+
+/// Whether this database has the extension (a worker waits until it does).
+fn extension_installed() -> bool {
+    use crate::spi::ReportError;
+    crate::spi::read_one::<bool>("select exists (select 1 from pg_catalog.pg_extension where extname = 'quantops')", &[])
+        .unwrap_or_else(|e| crate::spi::failed("looking for the extension", e).report_error())
+        .unwrap_or(false)
+}
+
+/// Marks as failed the runs that an earlier incarnation of a worker (`runner`) left running
+/// (kill -9, crash, immediate shutdown).
+fn mark_interrupted(runner: &str) {
+    crate::spi::run(
+        "marking interrupted runs",
+        "update quantops.job_runs set status = 'failed', finished_at = pg_catalog.clock_timestamp(), \
+           error = 'interrupted: the worker stopped before the run ended' \
+         where status = 'running' and runner = $1 and pid <> pg_catalog.pg_backend_pid()",
+        &[runner.into()],
+    );
+}
+
 /// Settings every quantops worker fixes for its life, right after it connects.
 pub(crate) fn harden_session() {
     // The worker is a superuser session of a database that another role may own (Supabase: the

@@ -10,25 +10,11 @@ use crate::xact::in_transaction;
 use crate::{gucs, jobs};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
-use std::time::Duration;
 
 pub const NAME: &str = "quantops scheduler";
 
 pub fn register() {
-    BackgroundWorkerBuilder::new(NAME)
-        .set_type(NAME)
-        .set_function("quantops_scheduler_main")
-        .set_library("quantops")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
-}
-
-fn extension_installed() -> bool {
-    crate::spi::read_one::<bool>("select exists (select 1 from pg_catalog.pg_extension where extname = 'quantops')", &[])
-        .unwrap_or_else(|e| crate::spi::failed("looking for the extension", e).report_error())
-        .unwrap_or(false)
+    super::register_worker(NAME, "quantops_scheduler_main");
 }
 
 fn heartbeat(state: &str, started: &str) {
@@ -82,7 +68,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         if stopping() {
             break;
         }
-        let installed = match in_transaction(extension_installed) {
+        let installed = match in_transaction(super::extension_installed) {
             Ok(i) => i,
             Err(e) => {
                 warning!("{NAME}: checking for the extension failed: {e}");
@@ -100,13 +86,7 @@ pub extern "C-unwind" fn quantops_scheduler_main(_arg: pg_sys::Datum) {
         if !marked_interrupted {
             // runs of an earlier incarnation of this worker (kill -9, crash, immediate shutdown)
             marked_interrupted = in_transaction(|| {
-                crate::spi::run(
-                    "marking interrupted runs",
-                    "update quantops.job_runs set status = 'failed', finished_at = pg_catalog.clock_timestamp(), \
-                       error = 'interrupted: the worker stopped before the run ended' \
-                     where status = 'running' and runner = 'worker' and pid <> pg_catalog.pg_backend_pid()",
-                    &[],
-                );
+                super::mark_interrupted("worker");
                 for c in schedule::capabilities() {
                     if let Some(f) = c.on_worker_start {
                         f();
