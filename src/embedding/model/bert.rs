@@ -1,4 +1,4 @@
-//! A BERT encoder (the shape of all-MiniLM-L6-v2, gte-small, bge-small) in plain f32 arrays,
+//! A BERT encoder (the shape of all-MiniLM-L6-v2 and gte-small) in plain f32 arrays,
 //! with `gemm` for the matrix products: embeddings, `layers` x (self-attention, feed-forward with
 //! exact GELU), each with its residual and LayerNorm, read from the model's own safetensors names.
 //!

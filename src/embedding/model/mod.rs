@@ -1,5 +1,5 @@
 //! The built-in local sentence model (embedder kind `model`): a BERT-shaped sentence-transformer
-//! (all-MiniLM-L6-v2; gte-small or bge-small from the same files) read from a folder holding
+//! (all-MiniLM-L6-v2; gte-small, or any mean-pooling BERT model, from the same files) read from a folder holding
 //! `config.json`, `tokenizer.json` and `model.safetensors`. Tokenized with Hugging Face's
 //! `tokenizers` (pure Rust), truncated at 256 tokens as sentence-transformers does (the file's own
 //! fixed 128-token padding is switched off: each batch pads to its longest text), sorted by
