@@ -142,6 +142,18 @@ fn wait_settled(t: &str, embedder: &str, total: i64, secs: u64) -> (i64, i64) {
     })
 }
 
+/// Waits until no refresh-embeddings run is still going (a run's details are written when its
+/// pass ends, a moment after its last row).
+fn passes_finished() {
+    wait_for("the refresh runs to be recorded", Duration::from_secs(30), || {
+        let running: i64 = admin()
+            .query_one("select count(*) from quantops.job_runs where job = 'refresh-embeddings' and status = 'running' and started_at > now() - interval '2 minutes'", &[])
+            .unwrap()
+            .get(0);
+        (running == 0).then_some(())
+    });
+}
+
 fn history_rows(t: &str) -> i64 {
     let mut c = admin();
     c.query_one(
@@ -468,7 +480,9 @@ fn requests_run_concurrently_up_to_the_embedders_concurrency() {
     // other rows drained) may still be sleeping in the provider
     assert_eq!(fake.stats()["lag_in_flight_max"]["[lag1000]"].as_i64(), Some(3), "requests in flight at once");
     assert_eq!(stale_vectors(&t), 0);
-    // the run says how many it had out at once
+    // the run says how many it had out at once (recorded when its pass ends, a moment after the
+    // last row is written)
+    passes_finished();
     let peak: Option<i64> = admin()
         .query_one(
             "select max((details->>'peak_in_flight')::int8) from quantops.job_runs \
@@ -858,13 +872,16 @@ fn the_local_model_finds_paraphrases_that_share_no_words() {
     let (done, dead) = wait_settled(&t, "it-model", 5, 60);
     assert_eq!((done, dead), (5, 0));
     assert_eq!(stale_vectors(&t), 0);
-    let runner: String = admin()
-        .query_one(
-            "select runner from quantops.job_runs where job = 'refresh-embeddings' and details->>'embedder' = 'it-model' order by id desc limit 1",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    // the run is recorded when the worker's pass ends, a moment after its last row is written
+    let runner: String = wait_for("the embedder worker's run of it-model recorded", Duration::from_secs(30), || {
+        admin()
+            .query_opt(
+                "select runner from quantops.job_runs where job = 'refresh-embeddings' and details->>'embedder' = 'it-model' order by id desc limit 1",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    });
     assert_eq!(runner, "embedder worker");
     // an agent searches its memory with a text: each query finds its paraphrase first
     for (q, want) in queries.iter().zip(memories) {
