@@ -59,6 +59,12 @@ pub fn compute(returns: &[Option<f64>], periods_per_year: i32, risk_free: f64) -
         }
         r.push(x);
     }
+    Ok(of_checked(&r, periods_per_year, risk_free))
+}
+
+/// The metrics of returns already checked: not empty, each finite and at least -1, and
+/// `periods_per_year` in 1..=100000, `risk_free` finite (the backtest engine's own returns).
+pub fn of_checked(r: &[f64], periods_per_year: i32, risk_free: f64) -> Metrics {
     let n = r.len();
     let ppy = periods_per_year as f64;
     let rf = risk_free / ppy;
@@ -77,7 +83,7 @@ pub fn compute(returns: &[Option<f64>], periods_per_year: i32, risk_free: f64) -
     let mr = mean(&|x| x);
     let volatility = if n < 2 { None } else { Some(stdev(mr, &|x| x).unwrap_or(0.0) * ppy.sqrt()) };
     let (mut equity, mut peak, mut mdd) = (1.0f64, 1.0f64, 0.0f64);
-    for x in &r {
+    for x in r {
         equity *= 1.0 + x;
         peak = peak.max(equity);
         if peak > 0.0 {
@@ -86,7 +92,7 @@ pub fn compute(returns: &[Option<f64>], periods_per_year: i32, risk_free: f64) -
     }
     let cagr = if equity > 0.0 { equity.powf(ppy / n as f64) - 1.0 } else { -1.0 };
     let hits = r.iter().filter(|x| **x > 0.0).count();
-    Ok(Metrics {
+    Metrics {
         n,
         sharpe,
         sortino,
@@ -95,7 +101,7 @@ pub fn compute(returns: &[Option<f64>], periods_per_year: i32, risk_free: f64) -
         volatility,
         hit_rate: hits as f64 / n as f64,
         total_return: equity - 1.0,
-    })
+    }
 }
 
 #[cfg(test)]
