@@ -54,5 +54,6 @@ done
 psql_ -f scripts/sql/demo_prune_after.sql
 psql_ -f scripts/sql/demo_registry.sql
 psql_ -f scripts/sql/demo_flags.sql
+psql_ -f scripts/sql/demo_backtest.sql
 echo
 echo "done. psql: scripts/cluster.sh psql     tests: scripts/test.sh"

@@ -70,7 +70,7 @@ for major in ${QUANTOPS_MAJORS:-15 17}; do
   bash scripts/upgrade_check.sh --self-test
 
   tier "tier 4: integration tests"
-  for t in embedding prune registry flags integration security hostile standby docs; do
+  for t in embedding prune registry flags backtest integration security hostile standby docs; do
     cargo test --features integration --test "$t" -- --test-threads=1
   done
   bash scripts/cluster.sh stop >/dev/null 2>&1 || true

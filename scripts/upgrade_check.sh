@@ -95,13 +95,20 @@ data_phase() { # from to label
   done
   psql_ -d postgres -c "create extension quantops version '$from'" >/dev/null || { echo "  could not create quantops $from"; return 1; }
   psql_ -d postgres -f scripts/sql/upgrade_data.sql >/dev/null || { echo "  the data script failed"; return 1; }
-  psql_ -d postgres -At -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.before" || return 1
+  local jobs
+  jobs=$(psql_ -d postgres -At -c "select string_agg(name, ',' order by name) from quantops.jobs") || return 1
+  psql_ -d postgres -At -v jobs="$jobs" -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.before" || return 1
   if [ "$from" != "$to" ]; then
     psql_ -d postgres -c "alter extension quantops update to '$to'" >/dev/null || { echo "  the update to $to failed"; return 1; }
   fi
   [ "$(psql_ -d postgres -At -c "select extversion from pg_extension where extname = 'quantops'")" = "$to" ] \
     || { echo "  not at $to after the update"; return 1; }
-  psql_ -d postgres -At -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.after" || return 1
+  psql_ -d postgres -At -v jobs="$jobs" -f scripts/sql/upgrade_snapshot.sql > "$OUT/$label.after.all" || return 1
+  # the tables the update added (empty: there was nothing to keep) are listed, not compared
+  awk -F'|' 'NR == FNR { had[$1] = 1; next } !index($0, "|") || had[$1]' "$OUT/$label.before" "$OUT/$label.after.all" > "$OUT/$label.after"
+  local added
+  added=$(awk -F'|' 'NR == FNR { had[$1] = 1; next } index($0, "|") && !had[$1] { printf "%s ", $1 }' "$OUT/$label.before" "$OUT/$label.after.all")
+  [ -n "$added" ] && echo "  tables the update added: $added"
   # nothing compared is no pass
   local rows
   rows=$(awk -F'|' '$1 ~ /^(signal_embeddings|signal_embeddings_archive|signal_embedding_history|model_aliases|alias_history|flags|audit_log|backtest_results)$/ && $2 > 0' "$OUT/$label.before" | wc -l)

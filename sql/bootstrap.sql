@@ -451,6 +451,8 @@ begin
     execute pg_catalog.format('grant select on quantops.signal_embeddings_archive, quantops.backtest_results, quantops.audit_log, '
       'quantops.settings, quantops.signal_embedding_history, quantops.models, quantops.model_versions, quantops.model_aliases, '
       'quantops.alias_history, quantops.backtest_leaderboard to %I', r);
+    -- market data and target weights: a user writes its own rows (RLS), reads those and the shared
+    execute pg_catalog.format('grant select, insert, update, delete on quantops.bars, quantops.target_weights to %I', r);
   end loop;
   foreach r in array array['service_role', 'postgres'] loop
     continue when not exists (select 1 from pg_catalog.pg_roles x where x.rolname = r);
@@ -460,6 +462,8 @@ begin
     -- an alias may be written directly: created, or moved to another version, and still through
     -- the gates (a constraint trigger); never renamed or given to another model
     execute pg_catalog.format('grant insert (model_id, alias, version), update (version) on quantops.model_aliases to %I', r);
+    -- the scheduled backtests (over shared bars, recorded shared, never linked to a model)
+    execute pg_catalog.format('grant select, insert, update, delete on quantops.backtest_schedules to %I', r);
     execute pg_catalog.format('grant select on quantops.job_runs, quantops.workers, quantops.audit_log, '
       'quantops.audit_heads, quantops.settings, quantops.embedders, quantops.embedding_queue, '
       'quantops.embedding_failures, quantops.signal_embedding_history, quantops.embedding_status, '

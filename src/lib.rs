@@ -35,14 +35,16 @@ pub mod xact;
 
 /// Every capability with a part in the worker, in the order its passes run. The jobs are
 /// declared by the capabilities themselves; this is only the list of them.
-static CAPABILITIES: &[&schedule::Capability] = &[&audit::CAPABILITY, &embedding::CAPABILITY, &prune::CAPABILITY, &index::CAPABILITY];
+static CAPABILITIES: &[&schedule::Capability] =
+    &[&audit::CAPABILITY, &embedding::CAPABILITY, &prune::CAPABILITY, &index::CAPABILITY, &backtest::CAPABILITY];
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../sql/embedding.sql", name = "embedding", requires = ["bootstrap"]);
 pgrx::extension_sql_file!("../sql/index.sql", name = "index", requires = ["embedding"]);
 pgrx::extension_sql_file!("../sql/prune.sql", name = "prune", requires = ["index"]);
 pgrx::extension_sql_file!("../sql/registry.sql", name = "registry", requires = ["prune"]);
-pgrx::extension_sql_file!("../sql/flags.sql", name = "flags", requires = ["registry"]);
+pgrx::extension_sql_file!("../sql/backtest.sql", name = "backtest", requires = ["registry"]);
+pgrx::extension_sql_file!("../sql/flags.sql", name = "flags", requires = ["backtest"]);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]

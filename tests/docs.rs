@@ -88,7 +88,7 @@ fn every_sqlstate_raised_is_in_the_error_table() {
         .to_string();
     let mut raised = BTreeSet::new();
     // SQL: errcode = '22023'
-    for f in ["bootstrap", "embedding", "index", "prune", "registry", "flags"] {
+    for f in ["bootstrap", "embedding", "index", "prune", "registry", "backtest", "flags"] {
         let text = read(&format!("sql/{f}.sql"));
         for (i, _) in text.match_indices("errcode = '") {
             raised.insert(text[i + 11..i + 16].to_string());

@@ -61,6 +61,9 @@ fn table_select_rules() -> BTreeMap<&'static str, [See; 3]> {
         ("flags", [Denied, Denied, All]),
         ("flag_exposures", [Denied, Denied, All]),
         ("routine_grants", [Denied, Denied, All]),
+        ("bars", [Denied, Own, All]),
+        ("target_weights", [Denied, Own, All]),
+        ("backtest_schedules", [Denied, Denied, All]),
     ])
 }
 
@@ -291,7 +294,9 @@ fn role_matrix_boundaries_are_pinned() {
             "_prune_health()",
             "_prune_record(bigint,bigint,jsonb)",
             "_prune_start(text)",
+            "_record_run(text,text,timestamp with time zone,timestamp with time zone,double precision,double precision,double precision,double precision,double precision,double precision,double precision,integer,jsonb,text,integer)",
             "_require_primary(text)",
+            "_run_backtest(text,text[],jsonb,jsonb,timestamp with time zone,timestamp with time zone,text,integer)",
             "_text_list(jsonb,text)",
         ]),
         "internal helpers that an API role may execute"

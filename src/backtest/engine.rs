@@ -217,7 +217,9 @@ impl Config {
             return bad("fixed_fees must be at least 0");
         }
         match self.sizing {
-            Sizing::AllIn if symbols > 1 => return bad("sizing all_in takes one symbol; give weight or notional to share cash across symbols"),
+            Sizing::AllIn if symbols > 1 => {
+                return bad("sizing all_in takes one symbol; give weight or notional to share cash across symbols")
+            }
             Sizing::AllIn if strategy == Strategy::Weights => return bad("target_weights sizes its own positions; leave sizing out"),
             Sizing::Notional(x) if !(x.is_finite() && x > 0.0) => return bad("notional must be a positive number"),
             Sizing::Weight(w) if !(w.is_finite() && w > 0.0 && w <= 1.0) => return bad("weight must be above 0 and at most 1"),
@@ -242,10 +244,15 @@ pub struct Closes {
 impl Closes {
     pub fn new(close: &[f64]) -> Closes {
         let mut s = 0.0;
-        Closes { cumsum: close.iter().map(|c| {
-            s += c;
-            s
-        }).collect() }
+        Closes {
+            cumsum: close
+                .iter()
+                .map(|c| {
+                    s += c;
+                    s
+                })
+                .collect(),
+        }
     }
 
     /// The simple moving average of `w` closes at each bar (NaN before the first full window).
@@ -306,11 +313,11 @@ pub fn breakouts(bars: &Bars, w: usize, out: &mut Vec<i8>) {
     let n = bars.len();
     out.clear();
     out.resize(n, 0);
-    for i in w..n {
+    for (i, o) in out.iter_mut().enumerate().skip(w) {
         let hi = bars.high[i - w..i].iter().fold(f64::MIN, |m, x| m.max(*x));
         let lo = bars.low[i - w..i].iter().fold(f64::MAX, |m, x| m.min(*x));
         let c = bars.close[i];
-        out[i] = if c > hi {
+        *o = if c > hi {
             1
         } else if c < lo {
             -1

@@ -5,4 +5,8 @@
 pub mod core;
 pub mod engine;
 pub mod grid;
+pub mod spec;
 pub mod sql;
+pub mod store;
+
+pub use sql::CAPABILITY;

@@ -12,15 +12,7 @@ pub fn gbm(symbol: &str, seed: u64, n: usize) -> Bars {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     };
     let sigma = 0.2 / 252f64.sqrt();
-    let mut b = Bars {
-        symbol: symbol.into(),
-        ts: vec![],
-        available_at: vec![],
-        open: vec![],
-        high: vec![],
-        low: vec![],
-        close: vec![],
-    };
+    let mut b = Bars { symbol: symbol.into(), ts: vec![], available_at: vec![], open: vec![], high: vec![], low: vec![], close: vec![] };
     let mut c = 100.0;
     for i in 0..n {
         let o = c * (1.0 + 0.3 * sigma * normal(10_000 + i as u64));
@@ -178,10 +170,7 @@ fn target_weights_share_the_cash() {
     let mut b = bars(&[20.0, 20.0, 20.0, 10.0], &[20.0, 20.0, 20.0, 10.0]);
     b.symbol = "U".into();
     let free = Config { sizing: Sizing::Weight(1.0), costs: Costs { fees: 0.0, fixed_fees: 0.0, slippage: 0.0 }, ..vectorbt_like() };
-    let w = vec![
-        vec![TargetWeight { available_at: DAY, weight: 0.5 }],
-        vec![TargetWeight { available_at: DAY, weight: 0.25 }],
-    ];
+    let w = vec![vec![TargetWeight { available_at: DAY, weight: 0.5 }], vec![TargetWeight { available_at: DAY, weight: 0.25 }]];
     let o = run(Strategy::Weights, &[a, b], &w, &free, true).unwrap();
     // decided at bar 1, filled at open[2]: 5 units of a (50), 1.25 of b (25), 25 in cash
     assert!(close_to(o.final_equity, 25.0 + 5.0 * 12.0 + 1.25 * 10.0), "{}", o.final_equity);
