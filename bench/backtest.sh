@@ -10,7 +10,7 @@
 #   (b) end to end on a cluster: run_backtest_grid in SQL against a Python flow (psycopg reads the
 #       bars, vectorbt runs warm, record_backtest writes the 10 best pairs a symbol).
 # Runs on its own cluster (port $BENCH_PORT, default 55433, .cache/bench-cluster), reset each run.
-# usage: bash bench/backtest.sh [quick]   (quick: the smallest size only)
+# usage: bash bench/backtest.sh [quick]   (quick: the smallest size only; SKIP_ENGINE=1: part (b) only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -31,6 +31,7 @@ PY="$VENV/bin/python bench/backtest_vbt.py"
 sizes="10:2520:5:100:5 100:2520:5:100:5 3:2520:2:100:1"
 [ "${1:-}" = quick ] && sizes="10:2520:5:100:5"
 echo "== (a) the engine alone"
+[ "${SKIP_ENGINE:-0}" = 1 ] && sizes=""
 for s in $sizes; do
   IFS=: read -r syms bars lo hi step <<< "$s"
   $PY gen "$OUT/bars-$syms.bin" "$syms" "$bars" 20261128
@@ -71,9 +72,11 @@ e2e="10:2520:5:100:5 100:2520:5:100:5"
 [ "${1:-}" = quick ] && e2e="10:2520:5:100:5"
 for s in $e2e; do
   IFS=: read -r syms bars lo hi step <<< "$s"
-  $PY e2e "$(bash scripts/cluster.sh url)" "$syms" "$bars" 7 "$lo" "$hi" "$step" | "$VENV/bin/python" -c '
+  $PY e2e "$(bash scripts/cluster.sh url)" "$syms" "$bars" 7 "$lo" "$hi" "$step" > "$OUT/e2e-$syms.json"
+  "$VENV/bin/python" - "$OUT/e2e-$syms.json" <<'PY'
 import json, sys
-r = json.load(sys.stdin)
-print(f"{r[\"symbols\"]} symbols x {r[\"pairs\"]} pairs, the 10 best a symbol recorded: Python flow {r[\"python_seconds\"]:.2f} s, "
-      f"run_backtest_grid {r[\"quantops_seconds\"]:.2f} s = {r[\"ratio\"]:.1f}x (rows written {r[\"written\"]})")'
+r = json.load(open(sys.argv[1]))
+print(f"{r['symbols']} symbols x {r['pairs']} pairs, the 10 best a symbol recorded: Python flow {r['python_seconds']:.2f} s, "
+      f"run_backtest_grid {r['quantops_seconds']:.2f} s = {r['ratio']:.1f}x (rows written: {r['written']})")
+PY
 done
