@@ -152,6 +152,23 @@ fn run_backtest_records_once_per_input_and_a_changed_bar_is_a_new_run() {
         "42704",
         "no bars of symbol",
     );
+    // a grid as authenticated reads the same: A's private bars for A, nothing for B
+    let mine = request(
+        &a,
+        "select count(*) from quantops.run_backtest_grid('breakout', array[$1], '{\"window\": [10, 20]}', keep => 'none')",
+        &[&private],
+    )
+    .unwrap();
+    assert_eq!(mine[0].get::<_, i64>(0), 2);
+    expect_err(
+        request(
+            &Who::User(USER_B.into()),
+            "select * from quantops.run_backtest_grid('breakout', array[$1], '{\"window\": [10, 20]}', keep => 'none')",
+            &[&private],
+        ),
+        "42704",
+        "no bars of symbol",
+    );
 }
 
 #[test]
@@ -289,6 +306,22 @@ fn a_cancelled_or_timed_out_grid_stops_and_records_nothing() {
     let e = r.unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(5), "the timeout took {:?}", t0.elapsed());
+    assert_eq!(count("select count(*) from quantops.backtest_results", &[]), before);
+    // a cancel from another session (pg_cancel_backend) stops it the same way
+    let pid: i32 = c.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        admin().query_one("select pg_cancel_backend($1)", &[&pid]).unwrap().get::<_, bool>(0)
+    });
+    let t0 = std::time::Instant::now();
+    let r = c.batch_execute(&format!(
+        "reset statement_timeout; select count(*) from quantops.run_backtest_grid('breakout', array['{s}'], \
+         '{{\"window\": {{\"from\": 1, \"to\": 2000}}}}', keep => 'all')"
+    ));
+    assert!(canceller.join().unwrap(), "the cancel reached the backend");
+    let e = r.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "the cancel took {:?}", t0.elapsed());
     assert_eq!(count("select count(*) from quantops.backtest_results", &[]), before);
     // the backend still works, and its threads are free again
     c.batch_execute("reset statement_timeout").unwrap();

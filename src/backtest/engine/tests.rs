@@ -235,3 +235,19 @@ fn bad_settings_and_bars_are_refused() {
     bad.ts[4] = bad.ts[3];
     assert!(run(ma, &[bad], &[], &vectorbt_like(), false).unwrap_err().to_string().contains("increase"));
 }
+
+#[test]
+fn notional_sizing_takes_that_much_cash_at_most() {
+    let b = bars(&[10.0, 10.0, 10.0, 20.0], &[10.0, 10.0, 10.0, 20.0]);
+    let c = Costs { fees: 0.01, fixed_fees: 0.0, slippage: 0.0 };
+    let cfg = Config { sizing: Sizing::Notional(30.0), costs: c, ..vectorbt_like() };
+    let o = run_events(&b, &[0, 1, 0, 0], &known(&b), &cfg, true);
+    // 30 of cash, fees included, at open[2] = 10: 30 / 10 / 1.01 units; the rest stays cash
+    let units = 30.0 / 10.0 / 1.01;
+    assert!(close_to(o.equity[2], 70.0 + units * 10.0), "{}", o.equity[2]);
+    assert!(close_to(o.final_equity, 70.0 + units * 20.0));
+    // more than the cash there is: all of it, no more
+    let cfg = Config { sizing: Sizing::Notional(1e6), costs: c, ..vectorbt_like() };
+    let o = run_events(&b, &[0, 1, 0, 0], &known(&b), &cfg, true);
+    assert!(close_to(o.final_equity, 100.0 / 1.01 / 10.0 * 20.0), "{}", o.final_equity);
+}
