@@ -92,6 +92,15 @@ fn a_replica_serves_every_read_and_refuses_every_write() {
     let svc = Who::ServiceRole;
     let in_recovery: bool = replica("supabase_admin").query_one("select pg_is_in_recovery()", &[]).unwrap().get(0);
     assert!(in_recovery);
+    // bars on the primary, replayed: a sweep that records nothing runs on the replica
+    admin()
+        .batch_execute(
+            "insert into quantops.bars (symbol, ts, open, high, low, close) \
+             select 'STBY', timestamptz '2020-01-01' + g * interval '1 day', 100 + sin(g), 102 + sin(g), 98 + sin(g), 100 + sin(g) \
+             from generate_series(1, 60) g on conflict do nothing",
+        )
+        .unwrap();
+    caught_up();
     let dims: i32 = admin().query_one("select embedding_dims from quantops.settings", &[]).unwrap().get(0);
     let q = format!("array_fill(0.1::real, array[{dims}])::extensions.vector");
     let signal: i64 = admin()
@@ -113,6 +122,10 @@ fn a_replica_serves_every_read_and_refuses_every_write() {
         (svc.clone(), "select count(*) from quantops.prune_plan()".into()),
         (svc.clone(), "select backlog from quantops.embedding_status".into()),
         (user.clone(), "select count(*) from quantops.signal_embeddings".into()),
+        (
+            user.clone(),
+            "select count(*) from quantops.run_backtest_grid('breakout', array['STBY'], '{\"window\": [5, 10]}', keep => 'none')".into(),
+        ),
     ];
     for (who, sql) in &reads {
         let r = request_on(port, who, sql, &[]);
@@ -132,6 +145,8 @@ fn a_replica_serves_every_read_and_refuses_every_write() {
         (svc.clone(), "select quantops.prune_batch()"),
         (svc.clone(), "select quantops.restore_archived(ids => array[1::bigint])"),
         (svc.clone(), "select quantops.create_model('standby-new')"),
+        (user.clone(), "select quantops.run_backtest('breakout', array['STBY'], '{\"window\": 5}')"),
+        (user.clone(), "select count(*) from quantops.run_backtest_grid('breakout', array['STBY'], '{\"window\": [5, 10]}')"),
         (svc.clone(), "select quantops.register_model_version('standby-model')"),
         (svc.clone(), "select quantops.promote('standby-model', 1, 'canary', null)"),
         (svc.clone(), "select quantops.rollback('standby-model', 'production')"),

@@ -256,6 +256,16 @@ fn run_one(
     Ok(Done { record })
 }
 
+/// A call that records refuses on a hot standby first (25006), as every writing function does.
+fn refuse_on_replica(name: &str, why: &str, hint: &str) -> Result<(), ErrorReport> {
+    if crate::spi::read_one::<bool>("select pg_catalog.pg_is_in_recovery()", &[]).ok().flatten().unwrap_or(false) {
+        return Err(err(PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION, format!("cannot run quantops.{name}() on a read replica"))
+            .set_detail(format!("this server is a hot standby in recovery: {why}"))
+            .set_hint(hint.to_string()));
+    }
+    Ok(())
+}
+
 /// The first and last time of any bar, and the number of distinct times.
 fn span(bars: &[Bars]) -> (i64, i64, usize) {
     let mut t: Vec<i64> = bars.iter().flat_map(|b| b.ts.iter().copied()).collect();
@@ -280,6 +290,7 @@ fn _run_backtest(
     model: Option<&str>,
     model_version: Option<i32>,
 ) -> Result<JsonB, ErrorReport> {
+    refuse_on_replica("run_backtest", "it records its result", "call it on the primary; run_backtest_grid(..., keep => 'none') runs here")?;
     let strategy = strategy.ok_or_else(|| err(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "strategy must not be null"))?;
     let symbols = symbols_of(symbols)?;
     let params = params.map_or(json!({}), |j| j.0);
@@ -452,10 +463,8 @@ fn run_backtest_grid(
             format!("rank_by must be sharpe, sortino, cagr, total_return or max_drawdown, not \"{rank_name}\""),
         )
     })?;
-    if keep != "none" && crate::spi::read_one::<bool>("select pg_catalog.pg_is_in_recovery()", &[]).ok().flatten().unwrap_or(false) {
-        return Err(err(PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION, "cannot run quantops.run_backtest_grid() on a read replica")
-            .set_detail("this server is a hot standby in recovery: keep all and top record results")
-            .set_hint("call it on the primary, or with keep => 'none' here"));
+    if keep != "none" {
+        refuse_on_replica("run_backtest_grid", "keep all and top record results", "call it on the primary, or with keep => 'none' here")?;
     }
     let options = options.map_or(json!({}), |j| j.0);
     let rows = sweep_symbols(strategy, symbols, &grid_spec, &options, period_start, period_end, keep, top_n as usize, rank, false)?;
