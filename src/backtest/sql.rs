@@ -184,8 +184,39 @@ fn turnover(s: &Summary, o: &Options, steps: usize) -> f64 {
     s.traded_value / o.config.init_cash / years
 }
 
-struct Done {
-    record: Value,
+/// What a result was computed from, as recorded with it.
+struct Recorded<'a> {
+    strategy: &'a str,
+    params: &'a Value,
+    symbols: &'a [String],
+    opts: &'a Options,
+    fingerprint: &'a str,
+}
+
+impl Recorded<'_> {
+    /// Records `s` through `_record_run` under `run_id`; `(first, last, steps)` is its timeline.
+    fn record(
+        &self,
+        run_id: &str,
+        label: &str,
+        s: &Summary,
+        (first, last, steps): (i64, i64, usize),
+        model: Option<&str>,
+        model_version: Option<i32>,
+    ) -> Value {
+        store::record(&store::Record {
+            run_id,
+            label,
+            start: first,
+            end: last,
+            m: &s.metrics,
+            turnover: turnover(s, self.opts, steps),
+            trades: s.trades as i32,
+            metrics: metrics_json(self.strategy, self.params, self.symbols, self.opts, s, steps, self.fingerprint),
+            model,
+            model_version,
+        })
+    }
 }
 
 /// Runs one backtest and records it: the body of quantops.run_backtest.
@@ -199,7 +230,7 @@ fn run_one(
     end: Option<TimestampWithTimeZone>,
     model: Option<&str>,
     model_version: Option<i32>,
-) -> Result<Done, ErrorReport> {
+) -> Result<Value, ErrorReport> {
     let (strategy, weights_name) = spec::strategy(strategy_name, params)?;
     let opts = spec::options(options, symbols.len(), strategy_name)?;
     opts.config.check(symbols.len(), strategy)?;
@@ -241,19 +272,8 @@ fn run_one(
     let user = store::user();
     let run_id = spec::run_id(strategy_name, &params, &symbols, &opts.canonical(), user.as_deref(), &fingerprint, model.zip(model_version));
     let label = opts.label.clone().unwrap_or_else(|| format!("{strategy_name}:{}", symbols.join(",")));
-    let record = store::record(&store::Record {
-        run_id: &run_id,
-        label: &label,
-        start: first,
-        end: last,
-        m: &summary.metrics,
-        turnover: turnover(&summary, &opts, steps),
-        trades: summary.trades as i32,
-        metrics: metrics_json(strategy_name, &params, &symbols, &opts, &summary, steps, &fingerprint),
-        model,
-        model_version,
-    });
-    Ok(Done { record })
+    let what = Recorded { strategy: strategy_name, params: &params, symbols: &symbols, opts: &opts, fingerprint: &fingerprint };
+    Ok(what.record(&run_id, &label, &summary, (first, last, steps), model, model_version))
 }
 
 /// A call that records refuses on a hot standby first (25006), as every writing function does.
@@ -298,8 +318,7 @@ fn _run_backtest(
     if (model.is_none()) != (model_version.is_none()) {
         return Err(err(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "give model and model_version together"));
     }
-    let done = run_one(strategy, symbols, &params, &options, period_start, period_end, model, model_version)?;
-    Ok(JsonB(done.record))
+    Ok(JsonB(run_one(strategy, symbols, &params, &options, period_start, period_end, model, model_version)?))
 }
 pgrx::extension_sql!(
     r#"
@@ -352,7 +371,8 @@ fn sweep_symbols(
         let mut fp = spec::Fingerprint::default();
         fp.bars(b, v);
         prints.push(fp.hex());
-        if span(std::slice::from_ref(b)).0 >= span(std::slice::from_ref(b)).1 {
+        let (first, last, _) = span(std::slice::from_ref(b));
+        if first >= last {
             return Err(err(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("symbol \"{}\" has bars at fewer than two times", b.symbol),
@@ -390,18 +410,8 @@ fn sweep_symbols(
             if record {
                 pgrx::check_for_interrupts!();
                 let label = opts.label.clone().unwrap_or_else(|| format!("{strategy_name}:{}", b.symbol));
-                store::record(&store::Record {
-                    run_id: &run_id,
-                    label: &label,
-                    start: first,
-                    end: last,
-                    m: &s.metrics,
-                    turnover: turnover(&s, &opts, steps),
-                    trades: s.trades as i32,
-                    metrics: metrics_json(strategy_name, &params, &symbols, &opts, &s, steps, fingerprint),
-                    model: None,
-                    model_version: None,
-                });
+                let what = Recorded { strategy: strategy_name, params: &params, symbols: &symbols, opts: &opts, fingerprint };
+                what.record(&run_id, &label, &s, (first, last, steps), None, None);
             }
             rows.push((b.symbol.clone(), params, i as i32 + 1, run_id, record, s));
         }
