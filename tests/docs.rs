@@ -117,3 +117,20 @@ fn every_sqlstate_raised_is_in_the_error_table() {
     assert!(missing_codes.is_empty(), "raised in sql/ but not in the error table of docs/reference.md: {missing_codes:?}");
     assert!(missing_names.is_empty(), "raised in src/ but not in the error table of docs/reference.md: {missing_names:?}");
 }
+
+/// The README is for users: what quantops is, install, a quickstart, an example per capability,
+/// the settings, upgrading, troubleshooting; everything else has its page. It stays under 20 kB.
+#[test]
+fn the_readme_stays_under_20_kb() {
+    let n = read("README.md").len();
+    assert!(n < 20_000, "README.md is {n} bytes: move detail to docs/, CONTRIBUTING.md or BENCHMARKS.md");
+}
+
+/// Every page under docs/ is linked from the README, so a user finds it.
+#[test]
+fn every_docs_page_is_linked_from_the_readme() {
+    let readme = read("README.md");
+    for (name, _) in user_docs().into_iter().filter(|(n, _)| n.starts_with("docs/")) {
+        assert!(readme.contains(&format!("({name}")), "README.md does not link {name}");
+    }
+}
