@@ -48,6 +48,8 @@ create table quantops.embedding_queue (
 );
 -- batches are taken in arrival order
 create index embedding_queue_order_idx on quantops.embedding_queue (enqueued_at, signal_id);
+-- rows that failed before are retried in next_try_at order (few; 0.2.0)
+create index embedding_queue_retry_idx on quantops.embedding_queue (next_try_at, signal_id) where last_error_class is not null;
 
 -- Dead letters: rows that could not be embedded, with the error, the attempts and the last try.
 create table quantops.embedding_failures (

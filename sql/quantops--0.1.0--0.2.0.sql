@@ -136,6 +136,9 @@ language c
 as 'MODULE_PATHNAME', 'version_wrapper';
 revoke execute on function quantops.version() from public;
 
+-- The worker's lease takes rows that failed before in next_try_at order, from an index of their own.
+create index embedding_queue_retry_idx on quantops.embedding_queue (next_try_at, signal_id) where last_error_class is not null;
+
 -- The local sentence model (embedder kind model) and embed_text().
 alter table quantops.embedders drop constraint embedders_kind_check,
   add constraint embedders_kind_check check (kind in ('features', 'series', 'hashing', 'http', 'model'));

@@ -938,6 +938,23 @@ fn the_local_model_finds_paraphrases_that_share_no_words() {
         "22023",
         "gives 384 dimensions, not 768",
     );
+    // a model that pools by max (its 1_Pooling/config.json says so): quantops would compute other
+    // vectors than the model's, so it is refused (0A000), and nothing is registered
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models");
+    let maxpool = models.join("it-maxpool");
+    std::fs::create_dir_all(maxpool.join("1_Pooling")).unwrap();
+    std::fs::copy(models.join("all-MiniLM-L6-v2/config.json"), maxpool.join("config.json")).unwrap();
+    std::fs::write(
+        maxpool.join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension": 384, "pooling_mode_cls_token": false, "pooling_mode_mean_tokens": false, "pooling_mode_max_tokens": true}"#,
+    )
+    .unwrap();
+    expect_err(
+        request(&Who::ServiceRole, "select quantops.register_embedder('it-model-bad', 'model', 384, '{\"model\": \"it-maxpool\"}')", &[]),
+        "0A000",
+        "pools by max",
+    );
+    assert_eq!(scalar_i64(&mut admin(), "select count(*) from quantops.embedders where name = 'it-model-bad'"), 0);
     let workers: i64 = scalar_i64(&mut admin(), "select count(*) from pg_stat_activity where backend_type = 'quantops embedder'");
     assert_eq!(workers, 1);
 }

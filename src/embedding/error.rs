@@ -20,6 +20,8 @@ pub enum EmbeddingError {
     WorkerOnly { name: String, kind: &'static str },
     #[error("the local model is not available: {0}")]
     ModelUnavailable(String),
+    #[error("the local model cannot be used: {0}")]
+    ModelUnsupported(String),
     #[error("embed_text needs the quantops embedder worker, which is not running")]
     NoEmbedderWorker,
     #[error("embedder dims {dims} do not match the configured dims ({})", configured.map(|c| c.to_string()).unwrap_or_else(|| "none".into()))]
@@ -39,6 +41,7 @@ impl SqlError for EmbeddingError {
             EmbeddingError::Null(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED,
             EmbeddingError::Invalid(_) | EmbeddingError::Argument { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             EmbeddingError::Unknown(_) | EmbeddingError::UnknownVersion { .. } => ERRCODE_UNDEFINED_OBJECT,
+            EmbeddingError::ModelUnsupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             EmbeddingError::NoneActive
             | EmbeddingError::WorkerOnly { .. }
             | EmbeddingError::Dims { .. }
@@ -86,3 +89,12 @@ impl SqlError for EmbeddingError {
     }
 }
 sql_error!(EmbeddingError);
+
+impl From<crate::embedding::model::ModelError> for EmbeddingError {
+    fn from(e: crate::embedding::model::ModelError) -> Self {
+        match e {
+            crate::embedding::model::ModelError::Unavailable(m) => EmbeddingError::ModelUnavailable(m),
+            crate::embedding::model::ModelError::Unsupported(m) => EmbeddingError::ModelUnsupported(m),
+        }
+    }
+}

@@ -55,8 +55,7 @@ fn register_embedder(
     // a local model: its folder must be there (a name under the superuser's quantops.model_dir;
     // only its config.json is read here, the model itself only ever by the embedder worker)
     if let super::core::Kind::Model(m) = &parsed.kind {
-        let hidden =
-            super::model::configured_dims(crate::gucs::model_dir().as_deref(), &m.model).map_err(EmbeddingError::ModelUnavailable)?;
+        let hidden = super::model::configured_dims(crate::gucs::model_dir().as_deref(), &m.model).map_err(EmbeddingError::from)?;
         if hidden != dims as usize {
             return Err(EmbeddingError::Invalid(format!("model \"{}\" gives {hidden} dimensions, not {dims}", m.model)).into());
         }

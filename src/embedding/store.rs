@@ -282,7 +282,7 @@ pub fn pick(e: &Embedder, batch_size: i64, mark: &mut Option<(TimestampWithTimeZ
 pub fn apply(e: &Embedder, vt: &VectorType, c: Computed) -> BatchOutcome {
     let mut out = BatchOutcome { picked: c.picked, unchanged: c.unchanged, ..Default::default() };
     if !c.ids.is_empty() {
-        write_vectors(e, vt, &c.ids, vector_array_datum(vt, &c.vectors), &c.hashes, Some(&c.had));
+        write_vectors(e, vt, &c.ids, vector_array_datum(vt, &c.vectors), &c.hashes, &c.had);
         out.done = c.ids.len() as i64;
     }
     if !c.f_ids.is_empty() {
@@ -296,18 +296,18 @@ pub fn apply(e: &Embedder, vt: &VectorType, c: Computed) -> BatchOutcome {
     out
 }
 
-/// Writes embeddings, keeping each replaced one in the history.
-pub fn write_embeddings(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<f32>], hashes: &[Vec<u8>]) {
-    write_vectors(e, vt, ids, vector_array_datum(vt, &vt.array_bytes(vecs)), hashes, None)
+/// Writes embeddings, keeping the replaced ones of the rows in `had` (read under lock: the rows
+/// that have an embedding now) in the history.
+pub fn write_embeddings(e: &Embedder, vt: &VectorType, ids: &[i64], vecs: &[Vec<f32>], hashes: &[Vec<u8>], had: &[i64]) {
+    write_vectors(e, vt, ids, vector_array_datum(vt, &vt.array_bytes(vecs)), hashes, had)
 }
 
-/// Writes a `vector[]` of embeddings for `ids`. `had`, when the caller read the rows under lock,
-/// tells which rows had an embedding: only those have one to keep in the history, and a batch of
-/// first embeddings skips that statement. Dead letters are cleared only when there are any.
-fn write_vectors(e: &Embedder, vt: &VectorType, ids: &[i64], vectors: DatumWithOid<'_>, hashes: &[Vec<u8>], had: Option<&[i64]>) {
-    let keep: &[i64] = had.unwrap_or(ids);
-    if !keep.is_empty() {
-        history(keep);
+/// Writes a `vector[]` of embeddings for `ids`. `had`, read under lock by the caller, tells which
+/// rows had an embedding: only those have one to keep in the history, and a batch of first
+/// embeddings skips that statement. Dead letters are cleared only when there are any.
+fn write_vectors(e: &Embedder, vt: &VectorType, ids: &[i64], vectors: DatumWithOid<'_>, hashes: &[Vec<u8>], had: &[i64]) {
+    if !had.is_empty() {
+        history(had);
     }
     let sql = statement(
         "update quantops.signal_embeddings s set embedding = u.e, input_hash = u.h, embedder = $4, \

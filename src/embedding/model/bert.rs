@@ -176,10 +176,10 @@ impl Bert {
     }
 
     /// The texts' token ids (each at most max_position_embeddings long, none empty) to their
-    /// mean-pooled, L2-normalised sentence vectors, as sentence-transformers computes them: the
-    /// mean of the last hidden state over the text's tokens, divided by its norm (at least 1e-12).
-    /// Runs on the current rayon pool.
-    pub fn embed(&self, texts: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+    /// pooled, L2-normalised sentence vectors, as sentence-transformers computes them: the mean of
+    /// the last hidden state over the text's tokens (or the first token's state, for CLS
+    /// pooling), divided by its norm (at least 1e-12). Runs on the current rayon pool.
+    pub fn embed(&self, texts: &[&[u32]], pooling: super::Pooling) -> Result<Vec<Vec<f32>>, String> {
         let h = self.hidden;
         let starts: Vec<usize> = texts
             .iter()
@@ -223,10 +223,14 @@ impl Bert {
             .zip(&starts)
             .map(|(t, &s)| {
                 let mut v = vec![0f32; h];
-                for row in x[s * h..(s + t.len()) * h].chunks_exact(h) {
+                let n = match pooling {
+                    super::Pooling::Mean => t.len(),
+                    super::Pooling::Cls => 1,
+                };
+                for row in x[s * h..(s + n) * h].chunks_exact(h) {
                     v.iter_mut().zip(row).for_each(|(a, b)| *a += b);
                 }
-                let n = t.len() as f32;
+                let n = n as f32;
                 v.iter_mut().for_each(|a| *a /= n);
                 let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
                 v.iter_mut().for_each(|a| *a /= norm);
