@@ -315,15 +315,20 @@ fn write_vectors(e: &Embedder, vt: &VectorType, ids: &[i64], vectors: DatumWithO
          from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::{}.vector[]), pg_catalog.unnest($3::bytea[])) as u(id, e, h) where s.id = u.id",
         &[&vt.schema],
     );
-    let failures: bool = Spi::get_one("select exists (select 1 from quantops.embedding_failures)").ok().flatten().unwrap_or(true);
-    if failures {
-        run("clearing old dead letters", "delete from quantops.embedding_failures where signal_id = any($1)", &[ids.to_vec().into()]);
-    }
+    clear_dead_letters(ids);
     run(
         "writing embeddings",
         &sql,
         &[ids.to_vec().into(), vectors, hashes.to_vec().into(), e.name.as_str().into(), e.version.to_string().into()],
     );
+}
+
+/// Clears the dead letters of rows just embedded (only when there are any dead letters at all).
+pub fn clear_dead_letters(ids: &[i64]) {
+    let failures: bool = Spi::get_one("select exists (select 1 from quantops.embedding_failures)").ok().flatten().unwrap_or(true);
+    if failures {
+        run("clearing old dead letters", "delete from quantops.embedding_failures where signal_id = any($1)", &[ids.to_vec().into()]);
+    }
 }
 
 fn history(ids: &[i64]) {

@@ -418,6 +418,85 @@ fn call_provider(provider: &Provider, jobs: &[(String, bool)]) -> Vec<Result<Vec
         .collect()
 }
 
+/// Writes the vectors of rows that had no embedding when leased, in one statement: the
+/// compare-and-set (the row's input still hashes to the leased hash, the row still leased by this
+/// backend and still without an embedding), the write and the dequeue. A row edited meanwhile is
+/// re-checked on its newest version by the UPDATE (READ COMMITTED) and left out. Returns the rows
+/// written and the rows left out (stale). The lease is looked up per row through the queue's key
+/// (a subquery the planner cannot turn into a join): as a join, planned from the queue's stale
+/// statistics, it scanned the whole queue for every batch.
+fn write_first(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<Vec<u8>>) -> Result<(i64, Vec<i64>), String> {
+    let vt = store::vector_type();
+    let sql = crate::spi::statement(
+        "with u as (select * from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::{}.vector[]), \
+                      pg_catalog.unnest($3::bytea[])) as u(id, e, h)), \
+              w as (update quantops.signal_embeddings s set embedding = u.e, input_hash = u.h, embedder = $4, \
+                      embedder_version = $5, embedded_at = pg_catalog.now() \
+                    from u \
+                    where s.id = u.id and s.embedding is null \
+                      and (select q.leased_by from quantops.embedding_queue q where q.signal_id = s.id) = pg_catalog.pg_backend_pid() \
+                      and quantops.embedding_input_hash($4, $6, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags) = u.h \
+                    returning s.id), \
+              d as (delete from quantops.embedding_queue q using w where q.signal_id = w.id) \
+         select id from w",
+        &[&vt.schema],
+    );
+    let vectors = store::vector_array_datum(&vt, &vt.array_bytes(vecs));
+    let written: Vec<i64> = Spi::connect_mut(|c| {
+        let t = c.update(
+            &sql,
+            None,
+            &[ids.clone().into(), vectors, hashes.into(), e.name.as_str().into(), e.version.to_string().into(), e.version.into()],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(t.filter_map(|t| t.get::<i64>(1).ok().flatten()).collect())
+    })
+    .map_err(|err| format!("writing embeddings failed: {err}"))?;
+    if !written.is_empty() {
+        store::clear_dead_letters(&written);
+    }
+    let keep: std::collections::HashSet<i64> = written.iter().copied().collect();
+    let stale = ids.into_iter().filter(|id| !keep.contains(id)).collect();
+    Ok((written.len() as i64, stale))
+}
+
+/// Writes the vectors of rows that had an embedding when leased: only rows whose input is still
+/// the one leased and still leased by this backend, read under lock, the embeddings they replace
+/// kept in the history. Returns the rows written and the rows left out (stale).
+fn write_replacing(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<Vec<u8>>) -> Result<(i64, Vec<i64>), String> {
+    let still: Vec<(i64, bool)> = Spi::connect_mut(|c| {
+        let t = c.update(
+            "select s.id, s.embedding is not null from quantops.signal_embeddings s \
+             join rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[])) u(id, h) on s.id = u.id \
+             where (select q.leased_by from quantops.embedding_queue q where q.signal_id = s.id) = pg_catalog.pg_backend_pid() \
+               and quantops.embedding_input_hash($3, $4, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags) = u.h \
+             for update of s",
+            None,
+            &[ids.clone().into(), hashes.clone().into(), e.name.as_str().into(), e.version.into()],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(
+            t.filter_map(|t| Some((t.get::<i64>(1).ok().flatten()?, t.get::<bool>(2).ok().flatten().unwrap_or(true)))).collect(),
+        )
+    })
+    .map_err(|err| format!("checking leased rows failed: {err}"))?;
+    let keep: std::collections::HashSet<i64> = still.iter().map(|(id, _)| *id).collect();
+    let had: Vec<i64> = still.iter().filter(|(_, had)| *had).map(|(id, _)| *id).collect();
+    let (mut w_ids, mut w_vecs, mut w_hashes, mut stale) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((id, v), h) in ids.into_iter().zip(vecs).zip(hashes) {
+        if keep.contains(&id) {
+            w_ids.push(id);
+            w_vecs.push(v.clone());
+            w_hashes.push(h);
+        } else {
+            stale.push(id);
+        }
+    }
+    if !w_ids.is_empty() {
+        store::write_embeddings(e, &store::vector_type(), &w_ids, &w_vecs, &w_hashes, &had);
+        crate::spi::run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[w_ids.clone().into()]);
+    }
+    Ok((w_ids.len() as i64, stale))
+}
+
 /// Gives leased rows back to the queue (the attempt does not count) after a stop.
 fn release(leased: &[Leased]) {
     let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
@@ -442,6 +521,8 @@ pub struct Leased {
     text: String,
     hash: Vec<u8>,
     retry: bool,
+    /// the row had an embedding when it was leased (one to keep in the history when replaced)
+    had: bool,
 }
 
 fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String> {
@@ -456,7 +537,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
     // queue for every batch (3 of a batch's 14 ms). The queue is taken in its index's order, in
     // this transaction only.
     crate::spi::run("taking the queue in index order", "select pg_catalog.set_config('enable_sort', 'off', true)", &[]);
-    let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool, bool)> = Spi::connect_mut(|c| {
+    let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool, bool, bool)> = Spi::connect_mut(|c| {
         let t = c.update(
             "with fresh as ( \
                select q.signal_id from quantops.embedding_queue q \
@@ -474,7 +555,8 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
                  leased_by = pg_catalog.pg_backend_pid(), attempts = q.attempts + 1 \
                from picked where q.signal_id = picked.signal_id returning q.signal_id, q.attempts, q.last_error_class is not null as retry) \
              select l.signal_id, l.attempts, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags, \
-                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), l.retry \
+                    s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), l.retry, \
+                    s.embedding is not null \
              from leased l join quantops.signal_embeddings s on s.id = l.signal_id",
             None,
             &[e.name.as_str().into(), e.version.into(), n.into(), lease_s.into(), RETRY_SINGLETONS.into()],
@@ -488,6 +570,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
                 t.get::<Vec<u8>>(9).ok().flatten(),
                 t.get::<bool>(10).ok().flatten().unwrap_or(true),
                 t.get::<bool>(11).ok().flatten().unwrap_or(false),
+                t.get::<bool>(12).ok().flatten().unwrap_or(true),
             )
         })
         .collect())
@@ -495,7 +578,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
     .map_err(|err| format!("leasing a batch failed: {err}"))?;
     let mut leased = Vec::new();
     let mut unchanged = Vec::new();
-    for (id, attempts, input, stored, force, retry) in rows {
+    for (id, attempts, input, stored, force, retry, had) in rows {
         // a text embedder hashes its rendered text: it cannot fail
         let h = match emb::input_hash(e, &input) {
             Ok(h) => h.to_vec(),
@@ -508,7 +591,7 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
         // the hash stays in memory: the write-back compares it with the row's input then
         // (`embedding_queue.leased_hash` is no longer written: a second update of every leased
         // row that nothing read, 2 of a batch's 14 ms)
-        leased.push(Leased { id, attempts, text: emb::render(template, &input), hash: h, retry });
+        leased.push(Leased { id, attempts, text: emb::render(template, &input), hash: h, retry, had });
     }
     if !unchanged.is_empty() {
         crate::spi::run("dequeuing unchanged rows", "delete from quantops.embedding_queue where signal_id = any($1)", &[unchanged.into()]);
@@ -564,39 +647,24 @@ fn write_back(e: &Embedder, leased: &[Leased], results: Vec<Result<Vec<f32>, Row
     }
     let mut done = 0;
     if !ok_ids.is_empty() {
-        // only rows whose input is still the one leased, and still leased by us
-        let still: Vec<(i64, bool)> = Spi::connect_mut(|c| {
-            let t = c.update(
-                "select s.id, s.embedding is not null from quantops.signal_embeddings s \
-                 join rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[])) u(id, h) on s.id = u.id \
-                 join quantops.embedding_queue q on q.signal_id = s.id and q.leased_by = pg_catalog.pg_backend_pid() \
-                 where quantops.embedding_input_hash($3, $4, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags) = u.h \
-                 for update of s",
-                None,
-                &[ok_ids.clone().into(), ok_hash.clone().into(), e.name.as_str().into(), e.version.into()],
-            )?;
-            Ok::<_, pgrx::spi::SpiError>(
-                t.filter_map(|t| Some((t.get::<i64>(1).ok().flatten()?, t.get::<bool>(2).ok().flatten().unwrap_or(true)))).collect(),
-            )
-        })
-        .map_err(|err| format!("checking leased rows failed: {err}"))?;
-        let keep: std::collections::HashSet<i64> = still.iter().map(|(id, _)| *id).collect();
-        // only rows that had an embedding have one to keep in the history (none in a backfill)
-        let had: Vec<i64> = still.iter().filter(|(_, had)| *had).map(|(id, _)| *id).collect();
-        let (mut ids, mut vecs, mut hs, mut stale) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let had: std::collections::HashSet<i64> = leased.iter().filter(|l| l.had).map(|l| l.id).collect();
+        let (mut first, mut replacing) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new(), Vec::new()));
         for ((id, v), h) in ok_ids.into_iter().zip(ok_vecs).zip(ok_hash) {
-            if keep.contains(&id) {
-                ids.push(id);
-                vecs.push(v);
-                hs.push(h);
-            } else {
-                stale.push(id);
-            }
+            let to = if had.contains(&id) { &mut replacing } else { &mut first };
+            to.0.push(id);
+            to.1.push(v);
+            to.2.push(h);
         }
-        if !ids.is_empty() {
-            store::write_embeddings(e, &store::vector_type(), &ids, &vecs, &hs, &had);
-            crate::spi::run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[ids.clone().into()]);
-            done = ids.len() as i64;
+        let mut stale = Vec::new();
+        if !first.0.is_empty() {
+            let (written, left) = write_first(e, first.0, &first.1, first.2)?;
+            done += written;
+            stale.extend(left);
+        }
+        if !replacing.0.is_empty() {
+            let (written, left) = write_replacing(e, replacing.0, &replacing.1, replacing.2)?;
+            done += written;
+            stale.extend(left);
         }
         if !stale.is_empty() {
             // edited while we were away: stays queued, the attempt does not count
