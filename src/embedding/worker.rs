@@ -462,7 +462,7 @@ fn write_first(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<Vec<u
 /// Writes the vectors of rows that had an embedding when leased: only rows whose input is still
 /// the one leased and still leased by this backend, read under lock, the embeddings they replace
 /// kept in the history. Returns the rows written and the rows left out (stale).
-fn write_replacing(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<Vec<u8>>) -> Result<(i64, Vec<i64>), String> {
+fn write_replacing(e: &Embedder, ids: Vec<i64>, vecs: Vec<Vec<f32>>, hashes: Vec<Vec<u8>>) -> Result<(i64, Vec<i64>), String> {
     let still: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         let t = c.update(
             "select s.id, s.embedding is not null from quantops.signal_embeddings s \
@@ -484,7 +484,7 @@ fn write_replacing(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<V
     for ((id, v), h) in ids.into_iter().zip(vecs).zip(hashes) {
         if keep.contains(&id) {
             w_ids.push(id);
-            w_vecs.push(v.clone());
+            w_vecs.push(v);
             w_hashes.push(h);
         } else {
             stale.push(id);
@@ -662,7 +662,7 @@ fn write_back(e: &Embedder, leased: &[Leased], results: Vec<Result<Vec<f32>, Row
             stale.extend(left);
         }
         if !replacing.0.is_empty() {
-            let (written, left) = write_replacing(e, replacing.0, &replacing.1, replacing.2)?;
+            let (written, left) = write_replacing(e, replacing.0, replacing.1, replacing.2)?;
             done += written;
             stale.extend(left);
         }
