@@ -56,23 +56,26 @@ start_fake() { # latency_ms -> sets FAKE_URL
 # Waits inside the server (one psql for the whole wait, polling every 20 ms): a psql started
 # 20 times a second takes a good part of a core that the systems measured need. Each look is a
 # transaction of its own (COMMIT in the loop), so the wait holds back no vacuum or index cleanup.
-wait_until() { # condition (SQL) -> returns when it holds (15 minutes at most)
+wait_until() { # condition (SQL) -> returns when it holds (15 minutes at most), printing the epoch it held at
   q -c "do \$\$ declare t0 timestamptz := pg_catalog.clock_timestamp(); begin
           while not ($1) loop
             commit;
             perform pg_catalog.pg_sleep(0.02);
             if pg_catalog.clock_timestamp() - t0 > interval '15 minutes' then raise 'timed out'; end if;
-          end loop; end \$\$"
+          end loop; end \$\$" -c "select extract(epoch from pg_catalog.clock_timestamp())" | tail -1
 }
 wait_empty() { # seconds to an empty queue
   local t0=$1
-  wait_until "not exists (select 1 from quantops.embedding_queue)"
-  calc "$(now) - $t0"
+  calc "$(wait_until "not exists (select 1 from quantops.embedding_queue)") - $t0"
 }
-insert_rows() {
-  q -c "insert into quantops.signal_embeddings (strategy, symbol, as_of, rationale)
+# The clock starts at the insert's commit, read by the server right after it (the next
+# statement, its own transaction): the insert and its trigger are the writer's work, not the
+# refresh's, and the ceiling's client has its texts in memory.
+committed_at() { q -c "$1" -c "select extract(epoch from pg_catalog.clock_timestamp())" | tail -1; }
+insert_rows() { # prints the epoch of the insert's commit
+  committed_at "insert into quantops.signal_embeddings (strategy, symbol, as_of, rationale)
         select 'bench', 'S' || g, now(), 'bench memory ' || g || ': momentum breakout above the 50 day high on volume'
-        from generate_series(1, $ROWS) g" >/dev/null
+        from generate_series(1, $ROWS) g"
 }
 
 # pgai's vectorizer worker, in a venv of its own (its vectorizer-worker extra without docling,
@@ -110,19 +113,18 @@ pgai_run() { # latency batch concurrency -> prints a row
   sleep 3
   wait_pgai() {
     local t0=$1
-    wait_until "ai.vectorizer_queue_pending($vid, exact_count => true) = 0 and not exists (select 1 from $t where embedding is null)"
+    local t1
+    t1=$(wait_until "ai.vectorizer_queue_pending($vid, exact_count => true) = 0 and not exists (select 1 from $t where embedding is null)")
     kill -0 "$wpid" 2>/dev/null || { echo "http_refresh.sh: the pgai worker exited (run it by hand to see why)" >&2; exit 1; }
-    calc "$(now) - $t0"
+    calc "$t1 - $t0"
   }
-  t0=$(now)
-  q -c "insert into $t (body) select 'bench memory ' || g || ': momentum breakout above the 50 day high on volume' from generate_series(1, $ROWS) g" >/dev/null
+  t0=$(committed_at "insert into $t (body) select 'bench memory ' || g || ': momentum breakout above the 50 day high on volume' from generate_series(1, $ROWS) g")
   s=$(wait_pgai "$t0")
   printf "  %-10s %-9s %14s %14.0f %8s   pgai's worker\n" "${lat} ms" "$b:$c" "" "$(calc "$ROWS / $s")" ""
   best "PGAI_BEST[$lat]" "$ROWS / $s" "$b:$c"
   [ "$c" != 4 ] || best "PGAI_BEST4[$lat]" "$ROWS / $s" "$b:$c"
   if [ "$lat" = 0 ] && [ "$b:$c" = 64:4 ]; then
-    t0=$(now)
-    q -c "update $t set body = body || ' (edited)' where id <= 1000" >/dev/null
+    t0=$(committed_at "update $t set body = body || ' (edited)' where id <= 1000")
     PGAI_EDIT_S=$(wait_pgai "$t0")
     local before; before=$(provider_vectors)
     q -c "update $t set other = other + 1" >/dev/null
@@ -150,7 +152,7 @@ for LAT in ${LATENCIES:-0 150}; do
     q -c "select quantops.register_embedder('bench-http-$n', 'http', 384,
             jsonb_build_object('url', '$FAKE_URL', 'model', 'fake-embed-1', 'template', '{rationale}',
                                'batch_size', $B, 'concurrency', $C, 'timeout_ms', 30000), activate => true)" >/dev/null
-    t0=$(now); insert_rows
+    t0=$(insert_rows)
     s=$(wait_empty "$t0")
     done_rows=$(q -c "select count(*) from quantops.signal_embeddings where strategy = 'bench' and embedder = 'bench-http-$n'")
     [ "$done_rows" = "$ROWS" ] || { echo "http_refresh.sh: only $done_rows of $ROWS rows embedded" >&2; exit 1; }
@@ -165,8 +167,7 @@ for LAT in ${LATENCIES:-0 150}; do
     # the goal's bound: the ceiling, and at a latency also what c requests of b rows can carry
     [ "$B:$C" != 64:4 ] || QO_GOAL[$LAT]=$(calc "$w / min($ceiling, $C * $B / max($LAT, 1e-9) * 1000)")
     if [ "$LAT" = 0 ] && [ "$B:$C" = 64:4 ]; then
-      t0=$(now)
-      q -c "update quantops.signal_embeddings set rationale = rationale || ' (edited)' where strategy = 'bench' and symbol in (select 'S' || g from generate_series(1, 1000) g)" >/dev/null
+      t0=$(committed_at "update quantops.signal_embeddings set rationale = rationale || ' (edited)' where strategy = 'bench' and symbol in (select 'S' || g from generate_series(1, 1000) g)")
       EDIT_S=$(wait_empty "$t0")
       q -c "update quantops.signal_embeddings set features = jsonb_build_object('touched', true) where strategy = 'bench'" >/dev/null
       UNRELATED=$(q -c "select count(*) from quantops.embedding_queue")

@@ -91,6 +91,7 @@ pub fn activate_embedder(name: &str, version: i32) -> Result<i64, EmbeddingError
     Ok(n)
 }
 
+#[derive(Clone)]
 pub struct VectorType {
     pub oid: pg_sys::Oid,
     pub array_oid: pg_sys::Oid,
@@ -205,9 +206,9 @@ pub fn read_input(t: &pgrx::spi::SpiHeapTupleData, first: usize) -> SignalInput 
 /// embedder that was switched away meanwhile (it would leave them dequeued and stale).
 pub fn still_active(e: &Embedder) -> bool {
     Spi::connect_mut(|c| {
-        c.update(
+        crate::spi::kept(
+            c,
             "select true from quantops.embedders where name = $1 and version = $2 and active for share",
-            None,
             &[e.name.as_str().into(), e.version.into()],
         )
         .map(|t| !t.is_empty())
@@ -325,7 +326,12 @@ fn write_vectors(e: &Embedder, vt: &VectorType, ids: &[i64], vectors: DatumWithO
 
 /// Clears the dead letters of rows just embedded (only when there are any dead letters at all).
 pub fn clear_dead_letters(ids: &[i64]) {
-    let failures: bool = Spi::get_one("select exists (select 1 from quantops.embedding_failures)").ok().flatten().unwrap_or(true);
+    let failures: bool = Spi::connect_mut(|c| {
+        crate::spi::kept(c, "select exists (select 1 from quantops.embedding_failures)", &[])?.first().get_one::<bool>()
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(true);
     if failures {
         run("clearing old dead letters", "delete from quantops.embedding_failures where signal_id = any($1)", &[ids.to_vec().into()]);
     }

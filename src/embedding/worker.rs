@@ -188,6 +188,11 @@ fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
         }
         _ => return Err(format!("embedder \"{}\" is embedded in the backend, not by a worker", e.name)),
     };
+    // pgvector's type, looked up once a pass (it cannot be dropped while quantops exists)
+    let vt = match in_transaction(store::vector_type) {
+        Ok(vt) => vt,
+        Err(m) => return Err(format!("looking up pgvector's type failed: {m}")),
+    };
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lease_s = p.lease_s;
     let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<Result<Vec<f32>, RowError>>)>();
@@ -287,9 +292,9 @@ fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
                     None => {}
                 }
                 crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
-                let (e2, max_attempts) = (e.clone(), p.max_attempts);
+                let (e2, vt2, max_attempts) = (e.clone(), vt.clone(), p.max_attempts);
                 let t_write = Instant::now();
-                let written = in_transaction(move || write_back(&e2, &leased, results, max_attempts));
+                let written = in_transaction(move || write_back(&e2, &vt2, &leased, results, max_attempts));
                 out.write_us += t_write.elapsed().as_micros() as i64;
                 match written {
                     Ok(Ok((done, failed))) => {
@@ -425,11 +430,16 @@ fn call_provider(provider: &Provider, jobs: &[(String, bool)]) -> Vec<Result<Vec
 /// written and the rows left out (stale). The lease is looked up per row through the queue's key
 /// (a subquery the planner cannot turn into a join): as a join, planned from the queue's stale
 /// statistics, it scanned the whole queue for every batch.
-fn write_first(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<Vec<u8>>) -> Result<(i64, Vec<i64>), String> {
-    let vt = store::vector_type();
-    let sql = crate::spi::statement(
-        "with u as (select * from rows from (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::{}.vector[]), \
-                      pg_catalog.unnest($3::bytea[])) as u(id, e, h)), \
+fn write_first(
+    e: &Embedder,
+    vt: &store::VectorType,
+    ids: Vec<i64>,
+    vecs: &[Vec<f32>],
+    hashes: Vec<Vec<u8>>,
+) -> Result<(i64, Vec<i64>), String> {
+    // a kept plan (the types come with the arguments: $2 is pgvector's vector[], wherever it lives)
+    let sql = "with u as (select * from rows from (pg_catalog.unnest($1), pg_catalog.unnest($2), \
+                      pg_catalog.unnest($3)) as u(id, e, h)), \
               w as (update quantops.signal_embeddings s set embedding = u.e, input_hash = u.h, embedder = $4, \
                       embedder_version = $5, embedded_at = pg_catalog.now() \
                     from u \
@@ -438,14 +448,12 @@ fn write_first(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<Vec<u
                       and quantops.embedding_input_hash($4, $6, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags) = u.h \
                     returning s.id), \
               d as (delete from quantops.embedding_queue q using w where q.signal_id = w.id) \
-         select id from w",
-        &[&vt.schema],
-    );
-    let vectors = store::vector_array_datum(&vt, &vt.array_bytes(vecs));
+         select id from w";
+    let vectors = store::vector_array_datum(vt, &vt.array_bytes(vecs));
     let written: Vec<i64> = Spi::connect_mut(|c| {
-        let t = c.update(
-            &sql,
-            None,
+        let t = crate::spi::kept(
+            c,
+            sql,
             &[ids.clone().into(), vectors, hashes.into(), e.name.as_str().into(), e.version.to_string().into(), e.version.into()],
         )?;
         Ok::<_, pgrx::spi::SpiError>(t.filter_map(|t| t.get::<i64>(1).ok().flatten()).collect())
@@ -462,7 +470,13 @@ fn write_first(e: &Embedder, ids: Vec<i64>, vecs: &[Vec<f32>], hashes: Vec<Vec<u
 /// Writes the vectors of rows that had an embedding when leased: only rows whose input is still
 /// the one leased and still leased by this backend, read under lock, the embeddings they replace
 /// kept in the history. Returns the rows written and the rows left out (stale).
-fn write_replacing(e: &Embedder, ids: Vec<i64>, vecs: Vec<Vec<f32>>, hashes: Vec<Vec<u8>>) -> Result<(i64, Vec<i64>), String> {
+fn write_replacing(
+    e: &Embedder,
+    vt: &store::VectorType,
+    ids: Vec<i64>,
+    vecs: Vec<Vec<f32>>,
+    hashes: Vec<Vec<u8>>,
+) -> Result<(i64, Vec<i64>), String> {
     let still: Vec<(i64, bool)> = Spi::connect_mut(|c| {
         let t = c.update(
             "select s.id, s.embedding is not null from quantops.signal_embeddings s \
@@ -491,7 +505,7 @@ fn write_replacing(e: &Embedder, ids: Vec<i64>, vecs: Vec<Vec<f32>>, hashes: Vec
         }
     }
     if !w_ids.is_empty() {
-        store::write_embeddings(e, &store::vector_type(), &w_ids, &w_vecs, &w_hashes, &had);
+        store::write_embeddings(e, vt, &w_ids, &w_vecs, &w_hashes, &had);
         crate::spi::run("dequeuing", "delete from quantops.embedding_queue where signal_id = any($1)", &[w_ids.clone().into()]);
     }
     Ok((w_ids.len() as i64, stale))
@@ -535,10 +549,13 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
     // A queue's statistics are always stale (it fills and drains between two ANALYZEs): planned
     // from them, a backfill's first lease read as 3 rows what were 9,000 and sorted the whole
     // queue for every batch (3 of a batch's 14 ms). The queue is taken in its index's order, in
-    // this transaction only.
+    // this transaction only. The picked rows are then updated by key (`= any(array(...))`, an
+    // index scan on the primary key whatever the statistics say): as a join, planned from a
+    // queue analysed while empty, the update read the whole queue once per picked row.
     crate::spi::run("taking the queue in index order", "select pg_catalog.set_config('enable_sort', 'off', true)", &[]);
     let rows: Vec<(i64, i32, emb::SignalInput, Option<Vec<u8>>, bool, bool, bool)> = Spi::connect_mut(|c| {
-        let t = c.update(
+        let t = crate::spi::kept(
+            c,
             "with fresh as ( \
                select q.signal_id from quantops.embedding_queue q \
                where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
@@ -549,16 +566,14 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
                where q.next_try_at <= pg_catalog.now() and (q.lease_until is null or q.lease_until < pg_catalog.now()) \
                  and q.last_error_class is not null \
                order by q.next_try_at, q.signal_id limit $5 for update of q skip locked), \
-             picked as (select signal_id from fresh union all select signal_id from retried), \
              leased as ( \
                update quantops.embedding_queue q set lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => $4), \
                  leased_by = pg_catalog.pg_backend_pid(), attempts = q.attempts + 1 \
-               from picked where q.signal_id = picked.signal_id returning q.signal_id, q.attempts, q.last_error_class is not null as retry) \
+               where q.signal_id = any(array(select signal_id from fresh union all select signal_id from retried)) returning q.signal_id, q.attempts, q.last_error_class is not null as retry) \
              select l.signal_id, l.attempts, s.strategy, s.symbol, s.features, s.series, s.rationale, s.tags, \
                     s.input_hash, (s.embedder is distinct from $1 or s.embedder_version is distinct from $2::text), l.retry, \
                     s.embedding is not null \
              from leased l join quantops.signal_embeddings s on s.id = l.signal_id",
-            None,
             &[e.name.as_str().into(), e.version.into(), n.into(), lease_s.into(), RETRY_SINGLETONS.into()],
         )?;
         // signal_id, attempts and the two booleans are never NULL in this statement
@@ -599,7 +614,13 @@ fn lease_batch(e: &Embedder, n: i64, lease_s: f64) -> Result<Vec<Leased>, String
     Ok(leased)
 }
 
-fn write_back(e: &Embedder, leased: &[Leased], results: Vec<Result<Vec<f32>, RowError>>, max_attempts: i32) -> Result<(i64, i64), String> {
+fn write_back(
+    e: &Embedder,
+    vt: &store::VectorType,
+    leased: &[Leased],
+    results: Vec<Result<Vec<f32>, RowError>>,
+    max_attempts: i32,
+) -> Result<(i64, i64), String> {
     if !store::still_active(e) {
         // switched to another embedder while we were away: write nothing, give the rows back
         let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
@@ -657,12 +678,12 @@ fn write_back(e: &Embedder, leased: &[Leased], results: Vec<Result<Vec<f32>, Row
         }
         let mut stale = Vec::new();
         if !first.0.is_empty() {
-            let (written, left) = write_first(e, first.0, &first.1, first.2)?;
+            let (written, left) = write_first(e, vt, first.0, &first.1, first.2)?;
             done += written;
             stale.extend(left);
         }
         if !replacing.0.is_empty() {
-            let (written, left) = write_replacing(e, replacing.0, replacing.1, replacing.2)?;
+            let (written, left) = write_replacing(e, vt, replacing.0, replacing.1, replacing.2)?;
             done += written;
             stale.extend(left);
         }
