@@ -45,7 +45,9 @@ create table quantops.embedding_queue (
   leased_hash       bytea,
   last_error        text,
   last_error_class  text check (last_error_class in ('retryable', 'permanent'))
-);
+) with (fillfactor = 50);
+-- half of each page is left free (0.2.0): a lease rewrites its rows (lease_until, leased_by,
+-- attempts, none indexed), and with room on the page that is a HOT update, with no index entries
 -- batches are taken in arrival order
 create index embedding_queue_order_idx on quantops.embedding_queue (enqueued_at, signal_id);
 -- rows that failed before are retried in next_try_at order (few; 0.2.0)

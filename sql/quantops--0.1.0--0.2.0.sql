@@ -138,6 +138,9 @@ revoke execute on function quantops.version() from public;
 
 -- The worker's lease takes rows that failed before in next_try_at order, from an index of their own.
 create index embedding_queue_retry_idx on quantops.embedding_queue (next_try_at, signal_id) where last_error_class is not null;
+-- ... and rewrites its leased rows in place (HOT, no index entries): half of each page left free.
+-- Pages written from now on; the queue drains and refills, so it soon holds none of the old.
+alter table quantops.embedding_queue set (fillfactor = 50);
 
 -- The local sentence model (embedder kind model) and embed_text().
 alter table quantops.embedders drop constraint embedders_kind_check,

@@ -135,7 +135,7 @@ fn embedding_input_hash(
     // embedder must be named; the inputs may be NULL
     let name = name.ok_or(EmbeddingError::Null("name"))?;
     let version = version.ok_or(EmbeddingError::Null("version"))?;
-    let e = load(name, version)?;
+    let e = store::load_shared(name, version)?;
     let row = SignalInput {
         strategy: strategy.unwrap_or_default().to_string(),
         symbol: symbol.unwrap_or_default().to_string(),

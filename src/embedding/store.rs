@@ -20,10 +20,16 @@ use std::time::{Duration, Instant};
 
 thread_local! {
     /// Embedder versions never change, so a backend may keep what it parsed.
-    static CACHE: RefCell<HashMap<(String, i32), Embedder>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<HashMap<(String, i32), std::rc::Rc<Embedder>>> = RefCell::new(HashMap::new());
 }
 
 pub fn load(name: &str, version: i32) -> Result<Embedder, EmbeddingError> {
+    load_shared(name, version).map(|e| (*e).clone())
+}
+
+/// The parsed embedder, shared with the cache: for what runs once per row (the input hash in
+/// SQL), where a copy of the embedder cost more than the hash itself.
+pub fn load_shared(name: &str, version: i32) -> Result<std::rc::Rc<Embedder>, EmbeddingError> {
     if let Some(e) = CACHE.with(|c| c.borrow().get(&(name.to_string(), version)).cloned()) {
         return Ok(e);
     }
@@ -44,7 +50,7 @@ pub fn load(name: &str, version: i32) -> Result<Embedder, EmbeddingError> {
         })
     })?;
     let (kind, dims, params) = row.ok_or_else(|| EmbeddingError::UnknownVersion { name: name.into(), version })?;
-    let e = Embedder::parse(name, version, &kind, dims, &params.0).map_err(|e| EmbeddingError::Invalid(e.to_string()))?;
+    let e = std::rc::Rc::new(Embedder::parse(name, version, &kind, dims, &params.0).map_err(|e| EmbeddingError::Invalid(e.to_string()))?);
     CACHE.with(|c| c.borrow_mut().insert((name.to_string(), version), e.clone()));
     Ok(e)
 }

@@ -223,6 +223,34 @@ fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
         }
         crate::runtime::publish_http(0, 0, None);
     };
+    // a leased batch goes out on a thread of its own (fresh rows in one request, split on a
+    // permanent error; earlier failures one by one); false: there was nothing to lease
+    let launch = |leased: Vec<Leased>,
+                  pr: Target,
+                  flight: &mut std::collections::HashMap<u64, Vec<Leased>>,
+                  next_id: &mut u64,
+                  out: &mut BatchOutcome|
+     -> Result<bool, String> {
+        out.picked += leased.len() as i64;
+        if leased.is_empty() {
+            return Ok(false);
+        }
+        let jobs: Vec<(String, bool)> = leased.iter().map(|l| (l.text.clone(), l.retry)).collect();
+        let (id, txc, dims, stop) = (*next_id, tx.clone(), e.dims, cancel.clone());
+        *next_id += 1;
+        let spawned = std::thread::Builder::new().name("quantops-embed".into()).spawn(move || {
+            crate::threads::block_signals();
+            let _ = txc.send((id, call(&pr, &jobs, dims, &stop)));
+        });
+        if let Err(err) = spawned {
+            release(&leased);
+            return Err(format!("starting a provider thread failed: {err}"));
+        }
+        out.requests += 1;
+        flight.insert(id, leased);
+        Ok(true)
+    };
+    let n = p.batch_size as i64;
     loop {
         if crate::runtime::stopping() {
             give_back(&mut flight);
@@ -239,7 +267,7 @@ fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
                     return Err(m);
                 }
             };
-            let (e1, n) = (e.clone(), p.batch_size as i64);
+            let e1 = e.clone();
             let t_lease = Instant::now();
             let leased_now = in_transaction(move || lease_batch(&e1, n, lease_s));
             out.lease_us += t_lease.elapsed().as_micros() as i64;
@@ -250,26 +278,17 @@ fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
                     return Err(m);
                 }
             };
-            out.picked += leased.len() as i64;
-            if leased.is_empty() {
-                drained = true;
-                break;
+            match launch(leased, provider_now, &mut flight, &mut next_id, &mut out) {
+                Ok(true) => {}
+                Ok(false) => {
+                    drained = true;
+                    break;
+                }
+                Err(m) => {
+                    give_back(&mut flight);
+                    return Err(m);
+                }
             }
-            // fresh rows in one request (split on a permanent error); earlier failures one by one
-            let jobs: Vec<(String, bool)> = leased.iter().map(|l| (l.text.clone(), l.retry)).collect();
-            let (id, txc, pr, dims, stop) = (next_id, tx.clone(), provider_now, e.dims, cancel.clone());
-            next_id += 1;
-            let spawned = std::thread::Builder::new().name("quantops-embed".into()).spawn(move || {
-                crate::threads::block_signals();
-                let _ = txc.send((id, call(&pr, &jobs, dims, &stop)));
-            });
-            if let Err(err) = spawned {
-                release(&leased);
-                give_back(&mut flight);
-                return Err(format!("starting a provider thread failed: {err}"));
-            }
-            out.requests += 1;
-            flight.insert(id, leased);
             peak = peak.max(flight.len());
             crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
         }
@@ -283,40 +302,88 @@ fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
             continue;
         }
         // 2. write each answer as it arrives
-        match rx.try_recv() {
-            Ok((id, results)) => {
-                let Some(leased) = flight.remove(&id) else { continue };
-                match emb::throttle_wait(&results) {
-                    Some(wait) => ctl.on_throttle(Instant::now(), wait),
-                    None if results.iter().all(|r| r.is_ok()) => ctl.on_success(),
-                    None => {}
-                }
-                crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
-                let (e2, vt2, max_attempts) = (e.clone(), vt.clone(), p.max_attempts);
-                let t_write = Instant::now();
-                let written = in_transaction(move || write_back(&e2, &vt2, &leased, results, max_attempts));
-                out.write_us += t_write.elapsed().as_micros() as i64;
-                match written {
-                    Ok(Ok((done, failed))) => {
-                        out.done += done;
-                        out.failed += failed;
-                    }
-                    Ok(Err(m)) | Err(m) => {
-                        give_back(&mut flight);
-                        return Err(m);
-                    }
-                }
-                // rows may have been enqueued (or become ready) meanwhile
-                drained = false;
-            }
+        let answer = match rx.try_recv() {
+            Ok(a) => Some(a),
             Err(std::sync::mpsc::TryRecvError::Empty) => {
-                wait_latch(5);
+                // the latch (a stop, a reload, an embed_text ask) is looked at without waiting;
+                // an answer then ends the wait at once, anything else within 5 ms
+                wait_latch(0);
                 serve_asks();
+                match rx.recv_timeout(Duration::from_millis(5)) {
+                    Ok(a) => Some(a),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    // cannot happen: this function holds a sender
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        give_back(&mut flight);
+                        return Err("the provider threads ended without an answer".into());
+                    }
+                }
             }
-            // cannot happen: this function holds a sender
             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                 give_back(&mut flight);
                 return Err("the provider threads ended without an answer".into());
+            }
+        };
+        let Some((id, results)) = answer else { continue };
+        let Some(leased) = flight.remove(&id) else { continue };
+        match emb::throttle_wait(&results) {
+            Some(wait) => ctl.on_throttle(Instant::now(), wait),
+            None if results.iter().all(|r| r.is_ok()) => ctl.on_success(),
+            None => {}
+        }
+        crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
+        // the next batch is leased in the write-back's transaction when one may go out now (one
+        // transaction a batch instead of two); rows may have been enqueued meanwhile, so a
+        // drained queue is looked at again
+        let lease_next = flight.len() < ctl.limit() && ctl.may_send(Instant::now()) && Instant::now() < deadline;
+        let provider_next = if lease_next {
+            crate::runtime::reload_if_asked();
+            match target(e) {
+                Ok(pr) => Some(pr),
+                Err(m) => {
+                    give_back(&mut flight);
+                    return Err(m);
+                }
+            }
+        } else {
+            None
+        };
+        let (e2, vt2, max_attempts) = (e.clone(), vt.clone(), p.max_attempts);
+        let t_write = Instant::now();
+        let written = in_transaction(move || -> Result<((i64, i64), Option<(Vec<Leased>, i64)>), String> {
+            let w = write_back(&e2, &vt2, &leased, results, max_attempts)?;
+            if !lease_next {
+                return Ok((w, None));
+            }
+            let t_lease = Instant::now();
+            let l = lease_batch(&e2, n, lease_s)?;
+            Ok((w, Some((l, t_lease.elapsed().as_micros() as i64))))
+        });
+        let spent = t_write.elapsed().as_micros() as i64;
+        drained = false;
+        match written {
+            Ok(Ok(((done, failed), next))) => {
+                out.done += done;
+                out.failed += failed;
+                let leased_us = next.as_ref().map_or(0, |(_, us)| *us);
+                out.write_us += spent - leased_us;
+                out.lease_us += leased_us;
+                if let (Some((leased, _)), Some(pr)) = (next, provider_next) {
+                    match launch(leased, pr, &mut flight, &mut next_id, &mut out) {
+                        Ok(true) => {}
+                        Ok(false) => drained = true,
+                        Err(m) => {
+                            give_back(&mut flight);
+                            return Err(m);
+                        }
+                    }
+                    peak = peak.max(flight.len());
+                    crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
+                }
+            }
+            Ok(Err(m)) | Err(m) => {
+                give_back(&mut flight);
+                return Err(m);
             }
         }
     }
