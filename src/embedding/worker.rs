@@ -165,7 +165,8 @@ fn api_key(secret: &Option<String>) -> Result<Option<String>, String> {
 /// The HTTP path: up to `concurrency` requests in flight, each from a thread of its own (which
 /// never touches PostgreSQL) with a batch leased for it in a short committed transaction; the
 /// main thread leases the next batch while earlier ones are out, and writes each answer in its
-/// own short transaction as it arrives (compare-and-set on the leased input hash). No network
+/// own short transaction as it arrives (compare-and-set on the leased input hash), which also
+/// leases the batch that goes out next. No network
 /// call is ever made inside an open transaction. A throttled answer (429, Retry-After) slows the
 /// whole embedder down ([`emb::Aimd`]), not only its rows. The main thread waits on its latch, so
 /// a SIGTERM stops the worker within moments even with slow requests out: their leases are given
