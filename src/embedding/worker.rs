@@ -335,20 +335,16 @@ fn pipeline(e: &Embedder, deadline: Instant) -> Result<BatchOutcome, String> {
         crate::runtime::publish_http(flight.len(), ctl.limit(), ctl.last_wait_ms());
         // the next batch is leased in the write-back's transaction when one may go out now (one
         // transaction a batch instead of two); rows may have been enqueued meanwhile, so a
-        // drained queue is looked at again
-        let lease_next = flight.len() < ctl.limit() && ctl.may_send(Instant::now()) && Instant::now() < deadline;
-        let provider_next = if lease_next {
+        // drained queue is looked at again. A provider that may not be called now (the
+        // allowlist shrank, its key is gone) only skips that lease: the answer in hand is
+        // written, and the next round's own lease reports the error.
+        let provider_next = if flight.len() < ctl.limit() && ctl.may_send(Instant::now()) && Instant::now() < deadline {
             crate::runtime::reload_if_asked();
-            match target(e) {
-                Ok(pr) => Some(pr),
-                Err(m) => {
-                    give_back(&mut flight);
-                    return Err(m);
-                }
-            }
+            target(e).ok()
         } else {
             None
         };
+        let lease_next = provider_next.is_some();
         let (e2, vt2, max_attempts) = (e.clone(), vt.clone(), p.max_attempts);
         let t_write = Instant::now();
         let written = in_transaction(move || -> Result<((i64, i64), Option<(Vec<Leased>, i64)>), String> {
